@@ -1,0 +1,64 @@
+"""``shipyard.yaml``, the model package config (the keys serving needs so far)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+CONFIG_FILE = "shipyard.yaml"
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+class PackageError(ValueError):
+    """A package or its config is invalid; the message names the key and what was expected."""
+
+
+class PackageConfig(msgspec.Struct, kw_only=True):
+    name: str | None = None
+    format: str | None = None
+    artifact: str | None = None
+    version: str = "1"
+    #: Serve ``predict_proba`` instead of ``predict`` by default (classifiers).
+    predict_proba: bool = False
+    #: How many predicts of this model may run at once (custom models).
+    concurrency: int = 1
+
+
+KNOWN_KEYS = frozenset(PackageConfig.__struct_fields__)
+
+
+def check_name(name: str, where: str) -> str:
+    """Model names travel in URLs: letters, digits, '_', '.', '-'."""
+    if not NAME_PATTERN.match(name):
+        raise PackageError(
+            f"{where}: model name '{name}' is not allowed; use letters, digits, '_', '.' and '-' "
+            "(starting with a letter or digit)"
+        )
+    return name
+
+
+def read_config(folder: Path) -> tuple[PackageConfig, dict[str, Any], list[str]]:
+    """Parse ``folder/shipyard.yaml``: the typed config, the raw mapping, and warnings."""
+    path = folder / CONFIG_FILE
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise PackageError(f"{path} is not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise PackageError(f"{path}: expected a mapping of keys (name, format, artifact, ...), got {type(raw).__name__}")
+    if isinstance(raw.get("version"), (int, float)):
+        raw["version"] = str(raw["version"])
+    try:
+        config = msgspec.convert({k: v for k, v in raw.items() if k in KNOWN_KEYS}, PackageConfig)
+    except msgspec.ValidationError as exc:
+        raise PackageError(f"{path}: {exc}".replace("`$.", "`")) from None
+    warnings = [f"{path}: key '{key}' is not used by this version of Shipyard" for key in raw if key not in KNOWN_KEYS]
+    if config.name is not None:
+        check_name(config.name, str(path))
+    if config.concurrency < 1:
+        raise PackageError(f"{path}: 'concurrency' must be at least 1, got {config.concurrency}")
+    return config, raw, warnings

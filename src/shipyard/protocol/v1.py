@@ -1,0 +1,64 @@
+"""KServe V1 (TF-Serving style) messages: ``instances`` in, ``predictions`` out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import numpy as np
+
+from shipyard.protocol.errors import InvalidInput
+from shipyard.protocol.v2 import encode
+
+_decoder = msgspec.json.Decoder()
+
+
+def decode_instances(body: bytes) -> list[Any]:
+    """Return the ``instances`` (or ``inputs``) list of a V1 predict body."""
+    if not body:
+        raise InvalidInput("request body is empty; expected a JSON object with 'instances' (a list)")
+    try:
+        payload = _decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise InvalidInput(f"malformed JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise InvalidInput(f"expected a JSON object with 'instances' (a list), got a JSON {type(payload).__name__}")
+    key = "instances" if "instances" in payload else "inputs" if "inputs" in payload else None
+    if key is None:
+        raise InvalidInput("missing 'instances': expected a JSON object with 'instances' (a list)")
+    instances = payload[key]
+    if not isinstance(instances, list):
+        raise InvalidInput(f"'{key}' must be a list, got {type(instances).__name__}")
+    return instances
+
+
+def instances_to_array(instances: list[Any]) -> np.ndarray:
+    """Turn V1 instances into one array: numeric when rectangular, else a 1-D object array."""
+    try:
+        array = np.asarray(instances)
+        if array.dtype.kind in "biuf":
+            return array
+        if array.dtype.kind in "US":
+            return array.astype(object)
+    except (ValueError, TypeError):
+        pass
+    objects = np.empty(len(instances), dtype=object)
+    for index, item in enumerate(instances):
+        objects[index] = item
+    return objects
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode(errors="replace")
+    if isinstance(value, list):
+        return [_jsonable(item) for item in value]
+    return value
+
+
+def encode_predictions(array: np.ndarray) -> bytes:
+    """Encode one output array as ``{"predictions": [...]}`` (BYTES become text)."""
+    predictions = array.tolist()
+    if array.dtype.kind in "OS":
+        predictions = _jsonable(predictions)
+    return encode({"predictions": predictions})

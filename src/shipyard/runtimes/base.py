@@ -1,0 +1,172 @@
+"""The runtime interface every model format implements, and input checking shared by all."""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from shipyard.protocol.datatypes import DATATYPE_TO_DTYPE, NUMERIC_DATATYPES, datatype_of
+from shipyard.protocol.errors import InferenceError, InvalidInput, ModelFailed
+
+Tensors = dict[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """Name, V2 datatype and shape of one model input or output; -1 marks a variable dimension."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+    def describe(self) -> str:
+        return f"{self.datatype} with shape {list(self.shape)}"
+
+
+@dataclass
+class ModelSource:
+    """Where a model comes from and how to serve it, before it is loaded."""
+
+    name: str
+    format: str
+    path: Path
+    version: str = "1"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Model:
+    """A servable model. Subclasses implement :meth:`load` and :meth:`predict`.
+
+    ``predict`` is synchronous and runs in the model's own thread pool, so a slow model never
+    blocks the event loop that answers health checks. ``inputs``/``outputs`` describe the
+    tensors, and ``default_outputs`` are returned when a request names none.
+    """
+
+    format: ClassVar[str] = ""
+    #: How many predicts may run at once; most libraries are safe at 1 per model.
+    max_concurrency: int = 1
+
+    def __init__(self, source: ModelSource) -> None:
+        self.source = source
+        self.name = source.name
+        self.version = source.version
+        self.inputs: list[TensorSpec] = []
+        self.outputs: list[TensorSpec] = []
+        self.default_outputs: list[str] = []
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def platform(self) -> str:
+        return self.format
+
+    def load(self) -> None:
+        """Read the artifact and fill in ``inputs``, ``outputs`` and ``default_outputs``."""
+        raise NotImplementedError
+
+    def predict(self, inputs: Tensors, outputs: list[str], parameters: dict[str, Any]) -> Tensors:
+        """Compute the named ``outputs`` for already-checked ``inputs``."""
+        raise NotImplementedError
+
+    def unload(self) -> None:
+        """Release the model's resources."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix=f"model-{self.name}")
+        return self._executor
+
+    async def run_sync(self, function: Any, *args: Any) -> Any:
+        """Run ``function(*args)`` in the model's thread pool, turning its crashes into ModelFailed."""
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self.executor, function, *args)
+        except InferenceError:
+            raise
+        except Exception as exc:  # the model's own code failed
+            raise ModelFailed.from_exception(self.name, exc) from exc
+
+    async def infer(self, inputs: Tensors, outputs: list[str] | None, parameters: dict[str, Any]) -> Tensors:
+        """Check inputs and outputs against the model's signature, then predict off the event loop."""
+        checked = check_inputs(self.name, self.inputs, inputs)
+        selected = self.select_outputs(outputs, parameters)
+        return await self.run_sync(self.predict, checked, selected, parameters)
+
+    def select_outputs(self, requested: list[str] | None, parameters: dict[str, Any]) -> list[str]:
+        """Validate requested output names; fall back to ``default_outputs``."""
+        if not requested:
+            return list(self.default_outputs)
+        known = {spec.name for spec in self.outputs}
+        for name in requested:
+            if known and name not in known:
+                raise InvalidInput(
+                    f"unknown output '{name}' for model '{self.name}'; it has: {', '.join(sorted(known))}"
+                )
+        return list(requested)
+
+    def metadata(self) -> dict[str, Any]:
+        """V2 model metadata."""
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": self.platform,
+            "inputs": [spec.to_dict() for spec in self.inputs],
+            "outputs": [spec.to_dict() for spec in self.outputs],
+        }
+
+
+def check_inputs(model: str, specs: list[TensorSpec], tensors: Tensors) -> Tensors:
+    """Match request tensors to the model's input specs: names, datatypes and shapes.
+
+    A model with a single input accepts a single request tensor under any name, as KServe's
+    built-in servers do. Numeric tensors are cast to the datatype the model declares.
+    """
+    if not specs:
+        return tensors
+    if len(specs) == 1 and len(tensors) == 1:
+        tensors = {specs[0].name: next(iter(tensors.values()))}
+    checked: Tensors = {}
+    for spec in specs:
+        if spec.name not in tensors:
+            raise InvalidInput(f"missing input '{spec.name}' ({spec.describe()}) for model '{model}'")
+        checked[spec.name] = _check_tensor(spec, tensors[spec.name])
+    extra = [name for name in tensors if name not in checked]
+    if extra:
+        expected = ", ".join(spec.name for spec in specs)
+        raise InvalidInput(f"unknown input '{extra[0]}' for model '{model}'; it takes: {expected}")
+    return checked
+
+
+def _check_tensor(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+    got = datatype_of(array.dtype)
+    if got != spec.datatype:
+        if spec.datatype in NUMERIC_DATATYPES and got in NUMERIC_DATATYPES:
+            array = array.astype(DATATYPE_TO_DTYPE[spec.datatype], copy=False)
+        else:
+            raise InvalidInput(f"input '{spec.name}': expected {spec.datatype}, got {got}")
+    shape = array.shape
+    matches = len(shape) == len(spec.shape) and all(
+        want in (-1, have) for want, have in zip(spec.shape, shape)
+    )
+    if not matches:
+        hint = ""
+        if len(shape) == 1 and len(spec.shape) == 2 and spec.shape[1] in (-1, shape[0]):
+            hint = f"; for one row send shape [1, {shape[0]}]"
+        raise InvalidInput(f"input '{spec.name}': expected shape {list(spec.shape)}, got {list(shape)}{hint}")
+    return array
+
+
+def spec_of(name: str, array: np.ndarray) -> TensorSpec:
+    """Describe an example output array with a variable batch dimension."""
+    return TensorSpec(name, datatype_of(array.dtype), (-1, *array.shape[1:]))

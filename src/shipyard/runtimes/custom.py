@@ -1,0 +1,152 @@
+"""Custom Python models: a directory with ``model.py`` defining a class with ``load()`` and ``predict()``.
+
+The class may also define ``preprocess()`` and ``postprocess()``; any of the three may be sync
+or ``async``. Sync methods run in the model's thread pool so the event loop stays free. The
+constructor receives ``config`` (the package config dict), ``data_dir`` and ``name`` if its
+signature asks for them (or takes ``**kwargs``). ``predict`` receives a dict of input name to
+numpy array (and ``parameters`` if it takes a second argument) and returns an array, a dict of
+arrays, or anything ``numpy.asarray`` accepts.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from shipyard.protocol.errors import InferenceError, InvalidInput, ModelFailed
+from shipyard.runtimes.base import Model, ModelSource, TensorSpec, Tensors, check_inputs
+
+ENTRY_FILE = "model.py"
+DEFAULT_OUTPUT = "output-0"
+
+
+def _find_class(module: Any, path: Path) -> type:
+    if isinstance(getattr(module, "Model", None), type):
+        return module.Model
+    candidates = [
+        value
+        for value in vars(module).values()
+        if isinstance(value, type) and value.__module__ == module.__name__ and callable(getattr(value, "predict", None))
+    ]
+    if len(candidates) != 1:
+        found = ", ".join(c.__name__ for c in candidates) or "none"
+        raise TypeError(
+            f"{path} must define one model class with a predict() method (name it 'Model' to choose); found: {found}"
+        )
+    return candidates[0]
+
+
+def _import(path: Path, name: str) -> Any:
+    module_name = f"shipyard_user_model_{name.replace('-', '_')}_{abs(hash(str(path)))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    folder = str(path.parent)
+    sys.path.insert(0, folder)  # let model.py import its sibling modules
+    try:
+        sys.modules[module_name] = module
+        spec.loader.exec_module(module)
+    finally:
+        if folder in sys.path:
+            sys.path.remove(folder)
+    return module
+
+
+def _constructor_kwargs(cls: type, offered: dict[str, Any]) -> dict[str, Any]:
+    try:
+        parameters = inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return {}
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return offered
+    return {key: value for key, value in offered.items() if key in parameters}
+
+
+def _takes_parameters(method: Callable[..., Any]) -> bool:
+    try:
+        parameters = list(inspect.signature(method).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    positional = [p for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in parameters)
+
+
+def _specs(declared: Any) -> list[TensorSpec]:
+    if not declared:
+        return []
+    return [TensorSpec(item["name"], item["datatype"], tuple(item["shape"])) for item in declared]
+
+
+def to_tensors(result: Any) -> Tensors:
+    """Normalise whatever a custom predict returned into named arrays."""
+    if isinstance(result, dict):
+        return {str(key): np.asarray(value) for key, value in result.items()}
+    return {DEFAULT_OUTPUT: np.asarray(result)}
+
+
+class CustomModel(Model):
+    """Wraps the user's class; its methods decide the behaviour."""
+
+    format = "python"
+
+    def __init__(self, source: ModelSource) -> None:
+        super().__init__(source)
+        self.instance: Any = None
+        self.max_concurrency = int(source.options.get("concurrency", 1))
+
+    def load(self) -> None:
+        entry = self.source.path / ENTRY_FILE if self.source.path.is_dir() else self.source.path
+        cls = _find_class(_import(entry, self.name), entry)
+        offered = {
+            "config": self.source.options.get("config", {}),
+            "data_dir": entry.parent / "data",
+            "name": self.name,
+        }
+        self.instance = cls(**_constructor_kwargs(cls, offered))
+        loader = getattr(self.instance, "load", None)
+        if callable(loader):
+            result = loader()
+            if inspect.isawaitable(result):
+                raise TypeError(f"{entry}: load() must be synchronous")
+        self.inputs = _specs(getattr(self.instance, "inputs", None))
+        self.outputs = _specs(getattr(self.instance, "outputs", None))
+        self.default_outputs = [spec.name for spec in self.outputs]
+
+    async def _call(self, method_name: str, value: Any, parameters: dict[str, Any]) -> Any:
+        method = getattr(self.instance, method_name, None)
+        if method is None:
+            return value
+        args = (value, parameters) if _takes_parameters(method) else (value,)
+        if inspect.iscoroutinefunction(method):
+            try:
+                return await method(*args)
+            except InferenceError:
+                raise
+            except Exception as exc:
+                raise ModelFailed.from_exception(self.name, exc) from exc
+        return await self.run_sync(method, *args)
+
+    async def infer(self, inputs: Tensors, outputs: list[str] | None, parameters: dict[str, Any]) -> Tensors:
+        checked = check_inputs(self.name, self.inputs, inputs)
+        selected = self.select_outputs(outputs, parameters)
+        value = await self._call("preprocess", checked, parameters)
+        value = await self._call("predict", value, parameters)
+        value = await self._call("postprocess", value, parameters)
+        try:
+            tensors = to_tensors(value)
+        except Exception as exc:
+            raise ModelFailed(f"model '{self.name}' returned a value that is not a tensor: {exc}") from exc
+        if not selected:
+            return tensors
+        missing = [name for name in selected if name not in tensors]
+        if missing:
+            raise InvalidInput(
+                f"model '{self.name}' produced no output '{missing[0]}'; it returned: {', '.join(tensors)}"
+            )
+        return {name: tensors[name] for name in selected}

@@ -1,0 +1,135 @@
+"""REST routes of the V2 and V1 protocols, mapped onto the DataPlane.
+
+The app is a plain ``async (Request) -> Response`` callable: no framework, no per-request
+validation layer. Every error becomes ``{"error": message}`` with the status its exception names.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+from urllib.parse import unquote
+
+from shipyard.protocol.errors import InferenceError, MethodNotAllowed, NotFound
+from shipyard.protocol.v2 import encode
+from shipyard.server.dataplane import DataPlane
+
+log = logging.getLogger("shipyard.server")
+
+JSON = "application/json"
+
+
+@dataclass
+class Request:
+    method: str
+    path: str
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    keep_alive: bool = True
+
+
+@dataclass
+class Response:
+    status: int
+    body: bytes
+    content_type: str = JSON
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    return Response(status, encode(payload))
+
+
+def error_response(status: int, message: str) -> Response:
+    return Response(status, encode({"error": message}))
+
+
+Handler = Callable[..., Awaitable[Response]]
+
+
+class RestApp:
+    """Routes V2 (``/v2/...``) and V1 (``/v1/...``) requests to the data plane."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    async def __call__(self, request: Request) -> Response:
+        try:
+            handlers, args = self.route(request.path)
+            handler = handlers.get("GET" if request.method == "HEAD" else request.method)
+            if handler is None:
+                allowed = ", ".join(handlers)
+                raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use {allowed}")
+            return await handler(request, *args)
+        except InferenceError as exc:
+            if exc.status >= 500:
+                log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc.message)
+            return error_response(exc.status, exc.message)
+        except Exception as exc:  # a bug of ours: say so, keep serving
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return error_response(500, f"internal server error: {type(exc).__name__}: {exc}")
+
+    def route(self, path: str) -> tuple[dict[str, Handler], tuple[Any, ...]]:
+        """Map a path to its handlers by method, and the arguments taken from the path."""
+        segments = [unquote(part) for part in path.strip("/").split("/")]
+        match segments:
+            case [""]:
+                return {"GET": self.root}, ()
+            case ["v2"]:
+                return {"GET": self.server_metadata}, ()
+            case ["v2", "health", "live"]:
+                return {"GET": self.live}, ()
+            case ["v2", "health", "ready"]:
+                return {"GET": self.ready}, ()
+            case ["v2", "models"]:
+                return {"GET": self.model_list}, ()
+            case ["v2", "models", name]:
+                return {"GET": self.model_metadata}, (name, None)
+            case ["v2", "models", name, "versions", version]:
+                return {"GET": self.model_metadata}, (name, version)
+            case ["v2", "models", name, "ready"]:
+                return {"GET": self.model_ready}, (name, None)
+            case ["v2", "models", name, "versions", version, "ready"]:
+                return {"GET": self.model_ready}, (name, version)
+            case ["v2", "models", name, "infer"]:
+                return {"POST": self.infer}, (name, None)
+            case ["v2", "models", name, "versions", version, "infer"]:
+                return {"POST": self.infer}, (name, version)
+            case ["v1", "models"]:
+                return {"GET": self.model_list}, ()
+            case ["v1", "models", target] if target.endswith(":predict"):
+                return {"POST": self.predict_v1}, (target[: -len(":predict")],)
+            case ["v1", "models", name] if ":" not in name:
+                return {"GET": self.v1_model}, (name,)
+        raise NotFound(f"no route for {path}; see the V2 routes under /v2 and V1 routes under /v1/models")
+
+    async def root(self, request: Request) -> Response:
+        return json_response({"status": "alive"})
+
+    async def server_metadata(self, request: Request) -> Response:
+        return json_response(self.dataplane.server_metadata())
+
+    async def live(self, request: Request) -> Response:
+        return json_response(self.dataplane.live())
+
+    async def ready(self, request: Request) -> Response:
+        return json_response(self.dataplane.ready())
+
+    async def model_list(self, request: Request) -> Response:
+        return json_response(self.dataplane.model_list())
+
+    async def model_metadata(self, request: Request, name: str, version: str | None) -> Response:
+        return json_response(self.dataplane.model_metadata(name, version))
+
+    async def model_ready(self, request: Request, name: str, version: str | None) -> Response:
+        return json_response(self.dataplane.model_ready(name, version))
+
+    async def infer(self, request: Request, name: str, version: str | None) -> Response:
+        return Response(200, await self.dataplane.infer_v2(name, version, request.body))
+
+    async def predict_v1(self, request: Request, name: str) -> Response:
+        return Response(200, await self.dataplane.predict_v1(name, request.body))
+
+    async def v1_model(self, request: Request, name: str) -> Response:
+        return json_response(self.dataplane.v1_model(name))
