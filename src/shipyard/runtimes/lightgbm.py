@@ -13,7 +13,7 @@ from shipyard.runtimes.pickled import PICKLE_SUFFIXES, read_pickle
 def import_lightgbm() -> Any:
     try:
         import lightgbm
-    except ImportError:
+    except ModuleNotFoundError:
         raise RuntimeError("serving LightGBM models needs lightgbm: pip install 'shipyard[lightgbm]'") from None
     return lightgbm
 

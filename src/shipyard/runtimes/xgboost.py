@@ -14,7 +14,7 @@ from shipyard.runtimes.pickled import PICKLE_SUFFIXES, read_pickle
 def import_xgboost() -> Any:
     try:
         import xgboost
-    except ImportError:
+    except ModuleNotFoundError:
         raise RuntimeError("serving XGBoost models needs xgboost: pip install 'shipyard[xgboost]'") from None
     return xgboost
 

@@ -51,7 +51,8 @@ class ModelRepository:
         return entry
 
     async def load_all(self) -> list[ModelEntry]:
-        return list(await asyncio.gather(*(self.load(name) for name in self._entries)))
+        """Load every model, one at a time: libraries imported from two threads at once can break."""
+        return [await self.load(name) for name in list(self._entries)]
 
     def unload_all(self) -> None:
         for entry in self._entries.values():

@@ -63,7 +63,7 @@ class RestApp:
                 raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use {allowed}")
             return await handler(request, *args)
         except InferenceError as exc:
-            if exc.status >= 500:
+            if exc.status == 500:
                 log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc.message)
             return error_response(exc.status, exc.message)
         except Exception as exc:  # a bug of ours: say so, keep serving

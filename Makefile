@@ -1,0 +1,35 @@
+# Shipyard: `make demo` and `make test` set everything up on a fresh clone (idempotent).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.shipyard-installed
+# Python packages beyond the project's own extras: the CPU-only XGBoost build (no CUDA download).
+EXTRA_PACKAGES := xgboost-cpu
+
+.PHONY: demo test bench install clean help
+
+help:
+	@echo "make demo   - set up .venv, train a small model, serve it and query it (V1 and V2)"
+	@echo "make test   - set up .venv and run the whole test suite"
+	@echo "make clean  - remove .venv and caches"
+
+$(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "Shipyard needs Python >= 3.10; set PYTHON=python3.X")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[sklearn,lightgbm,dev]' $(EXTRA_PACKAGES)
+	@command -v curl >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq curl) || echo "note: curl not found; the demo needs it"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	@bash scripts/demo.sh
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis demo-output

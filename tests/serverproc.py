@@ -1,0 +1,83 @@
+"""Start ``shipyard serve`` as a real process on a free port, for integration tests."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+LISTENING = re.compile(r"listening on (http://\S+)")
+
+
+class ServerProcess:
+    """A running ``shipyard serve``; ``url`` is set once it listens."""
+
+    def __init__(self, *args: str | Path, env: dict[str, str] | None = None) -> None:
+        command = [sys.executable, "-m", "shipyard", "serve", *map(str, args)]
+        if "--http-port" not in command and "-p" not in command:
+            command += ["--http-port", "0"]
+        self.process = subprocess.Popen(
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self.lines: list[str] = []
+        self.url: str | None = None
+        self._listening = threading.Event()
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.append(line.rstrip("\n"))
+            match = LISTENING.search(line)
+            if match and self.url is None:
+                self.url = match.group(1)
+                self._listening.set()
+        self._listening.set()
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_listening(self, timeout: float = 60) -> str:
+        if not self._listening.wait(timeout) or self.url is None:
+            raise RuntimeError(f"server did not start:\n{self.output}")
+        return self.url
+
+    def wait_ready(self, timeout: float = 60) -> str:
+        url = self.wait_listening(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.output}")
+            try:
+                if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                    return url
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"server not ready after {timeout}s:\n{self.output}")
+
+    def wait_exit(self, timeout: float = 60) -> int:
+        code = self.process.wait(timeout)
+        time.sleep(0.05)  # let the pump thread read the last lines
+        return code
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        try:
+            return self.wait_exit(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.wait_exit(timeout)
