@@ -130,11 +130,6 @@ def test_none_and_numbers_become_object_array():
     assert array.tolist() == [None, 1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: instances_to_array lets numpy coerce mixed numbers and strings to a str array, "
-    "so the number 1 comes back as the string '1'",
-)
 def test_mixed_numbers_and_strings_keep_their_types():
     array = v1.instances_to_array([1, "a"])
     assert array.dtype == object

@@ -8,7 +8,7 @@ import msgspec
 import numpy as np
 
 from shipyard.protocol.errors import InvalidInput
-from shipyard.protocol.v2 import encode
+from shipyard.protocol.v2 import encode, plain
 
 _decoder = msgspec.json.Decoder()
 
@@ -39,7 +39,7 @@ def instances_to_array(instances: list[Any]) -> np.ndarray:
         if array.dtype.kind in "biuf":
             return array
         if array.dtype.kind in "US":
-            return array.astype(object)
+            return np.array(instances, dtype=object)  # keep numbers mixed with strings as numbers
     except (ValueError, TypeError):
         pass
     objects = np.empty(len(instances), dtype=object)
@@ -48,17 +48,9 @@ def instances_to_array(instances: list[Any]) -> np.ndarray:
     return objects
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode(errors="replace")
-    if isinstance(value, list):
-        return [_jsonable(item) for item in value]
-    return value
-
-
 def encode_predictions(array: np.ndarray) -> bytes:
     """Encode one output array as ``{"predictions": [...]}`` (BYTES become text)."""
     predictions = array.tolist()
     if array.dtype.kind in "OS":
-        predictions = _jsonable(predictions)
+        predictions = plain(predictions)
     return encode({"predictions": predictions})

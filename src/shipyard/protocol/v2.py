@@ -7,6 +7,7 @@ turned into a numpy array of the declared datatype and shape. Every rejection ra
 
 from __future__ import annotations
 
+import re
 import uuid
 from typing import Any
 
@@ -78,9 +79,18 @@ def _encode_extra(value: Any) -> Any:
         return value.item()
     if isinstance(value, np.ndarray):
         return value.tolist()
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+def plain(value: Any) -> Any:
+    """Bytes anywhere inside become text (msgspec would otherwise base64 them)."""
     if isinstance(value, bytes):
         return value.decode(errors="replace")
-    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+    if isinstance(value, (list, tuple)):
+        return [plain(item) for item in value]
+    if isinstance(value, dict):
+        return {key: plain(item) for key, item in value.items()}
+    return value
 
 
 _encoder = msgspec.json.Encoder(enc_hook=_encode_extra)
@@ -98,24 +108,71 @@ def decode_request(body: bytes) -> InferenceRequest:
         raise InvalidInput(f"malformed JSON: {exc}") from None
 
 
-def _flatten(data: Any, out: list[Any]) -> None:
-    if isinstance(data, list):
-        for item in data:
-            _flatten(item, out)
-    else:
-        out.append(data)
+_ELEMENT_TYPES: dict[str, type] = {"BOOL": bool, "BYTES": str}
+_ELEMENT_TYPES.update({name: int for name in INTEGER_DATATYPES})
+_ELEMENT_TYPES.update({name: float for name in FLOAT_DATATYPES})
+_EXPECTED = {bool: "true/false", int: "integers", float: "numbers", str: "JSON strings"}
+_GOT = {"bool": "booleans", "int": "integers", "float": "floats", "str": "strings", "null": "nulls",
+        "object": "objects"}
+_GOT_PATTERN = re.compile(r"got `(\w+)`")
+_TYPED_LISTS: dict[tuple[type, int], Any] = {}
+
+
+def _depth(data: Any) -> int:
+    depth = 0
+    while isinstance(data, list):
+        depth += 1
+        data = data[0] if data else None
+    return depth
+
+
+def _typed_list(element: type, depth: int) -> Any:
+    """``list[list[...element]]`` nested ``depth`` times (cached)."""
+    key = (element, depth)
+    if key not in _TYPED_LISTS:
+        typed: Any = element
+        for _ in range(depth):
+            typed = list[typed]
+        _TYPED_LISTS[key] = typed
+    return _TYPED_LISTS[key]
+
+
+def _checked_values(name: str, datatype: str, data: Any) -> Any:
+    """Check every element has the JSON type the datatype needs (msgspec, in C), or say which does not."""
+    element = _ELEMENT_TYPES[datatype]
+    if not isinstance(data, list):
+        data = [data]
+    try:
+        return msgspec.convert(data, _typed_list(element, _depth(data)))
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        if "Expected `array`" in text or "got `array`" in text:
+            raise InvalidInput(
+                f"input '{name}': data is ragged (nested lists of different depths); expected a flat or rectangular list"
+            ) from None
+        found = _GOT_PATTERN.search(text)
+        got = _GOT.get(found.group(1), found.group(1)) if found else "other values"
+        where = text.rsplit(" - at ", 1)[1].replace("$", "data", 1) if " - at " in text else "data"
+        raise InvalidInput(f"input '{name}': {datatype} data must be {_EXPECTED[element]}, got {got} at {where}") from None
+
+
+def _rectangular(name: str, values: Any, dtype: Any) -> np.ndarray:
+    try:
+        array = np.array(values, dtype=dtype)
+        # an object array of ragged lists does not raise: it holds the lists themselves
+        if array.dtype == object and array.ndim < _depth(values):
+            raise ValueError
+        return array
+    except ValueError:
+        raise InvalidInput(
+            f"input '{name}': data is ragged (nested lists of different lengths); expected a flat or rectangular list"
+        ) from None
 
 
 def _bytes_tensor(name: str, data: Any) -> np.ndarray:
-    items: list[Any] = []
-    _flatten(data, items)
-    encoded = np.empty(len(items), dtype=object)
-    for index, item in enumerate(items):
-        if not isinstance(item, str):
-            raise InvalidInput(
-                f"input '{name}': BYTES data must be JSON strings, element {index} is {type(item).__name__}"
-            )
-        encoded[index] = item.encode()
+    strings = _rectangular(name, _checked_values(name, "BYTES", data), object).ravel()
+    encoded = np.empty(strings.size, dtype=object)
+    encoded[:] = [item.encode() for item in strings]
     return encoded
 
 
@@ -150,39 +207,31 @@ def tensor_from_json(name: str, datatype: str, shape: list[int], data: Any) -> n
 
 
 def _numeric_tensor(name: str, datatype: str, data: Any) -> np.ndarray:
-    try:
-        raw = np.asarray(data)
-    except (ValueError, TypeError):
-        raise InvalidInput(
-            f"input '{name}': data is ragged (nested lists of different lengths); expected a flat or rectangular list"
-        ) from None
-    kind = raw.dtype.kind
+    values = _checked_values(name, datatype, data)
     target = DATATYPE_TO_DTYPE[datatype]
-    if raw.size == 0:
-        return raw.astype(target).ravel()
-    if datatype == "BOOL":
-        if kind != "b":
-            raise InvalidInput(f"input '{name}': BOOL data must be true/false, got {_describe(raw)}")
-        return raw.ravel()
     if datatype in INTEGER_DATATYPES:
-        if kind not in "iu":
-            raise InvalidInput(f"input '{name}': {datatype} data must be integers, got {_describe(raw)}")
-        info = np.iinfo(target)
-        low, high = raw.min(), raw.max()
-        if low < info.min or high > info.max:
-            bad = low if low < info.min else high
-            raise InvalidInput(f"input '{name}': value {bad} is out of range for {datatype} [{info.min}, {info.max}]")
-        return raw.astype(target, copy=False).ravel()
-    if datatype in FLOAT_DATATYPES:
-        if kind not in "iuf":
-            raise InvalidInput(f"input '{name}': {datatype} data must be numbers, got {_describe(raw)}")
-        return raw.astype(target, copy=False).ravel()
-    raise InvalidInput(f"input '{name}': unsupported datatype '{datatype}'")  # pragma: no cover
+        try:
+            return _rectangular(name, values, target).ravel()
+        except OverflowError:
+            info = np.iinfo(target)
+            bad = next(v for v in _flat(values) if not info.min <= v <= info.max)
+            raise InvalidInput(
+                f"input '{name}': value {bad} is out of range for {datatype} [{info.min}, {info.max}]"
+            ) from None
+    array = _rectangular(name, values, np.float64 if datatype == "FP32" else target).ravel()
+    if datatype == "FP32":
+        if array.size and np.abs(array).max() > np.finfo(np.float32).max:
+            raise InvalidInput(f"input '{name}': a value is out of range for FP32 (largest is about 3.4e38)")
+        array = array.astype(np.float32)
+    return array
 
 
-def _describe(raw: np.ndarray) -> str:
-    kinds = {"b": "booleans", "i": "integers", "u": "integers", "f": "floats", "U": "strings", "S": "strings"}
-    return kinds.get(raw.dtype.kind, "mixed or non-numeric values")
+def _flat(values: Any) -> Any:
+    for item in values:
+        if isinstance(item, list):
+            yield from _flat(item)
+        else:
+            yield item
 
 
 def decode_inputs(request: InferenceRequest) -> dict[str, np.ndarray]:
@@ -203,19 +252,19 @@ def json_data(name: str, array: np.ndarray) -> tuple[str, list[Any]]:
             f"output '{name}' is {datatype}, which JSON cannot carry; request it as binary data ('binary_data': true)"
         )
     if datatype == "BYTES":
-        return datatype, [_to_text(item) for item in array.ravel()]
+        return datatype, [_to_text(name, item) for item in array.ravel()]
     return datatype, array.ravel().tolist()
 
 
-def _to_text(item: Any) -> str:
+def _to_text(name: str, item: Any) -> str:
     if isinstance(item, bytes):
         try:
             return item.decode()
         except UnicodeDecodeError:
-            raise InvalidInput("a BYTES output is not UTF-8 text; request it as binary data") from None
+            raise InvalidInput(f"output '{name}' holds bytes that are not UTF-8 text; request it as binary data") from None
     if isinstance(item, str):
         return item
-    return msgspec.json.encode(item).decode()
+    return _encoder.encode(plain(item)).decode()
 
 
 def encode_response(
@@ -235,7 +284,7 @@ def encode_response(
         model_version=model_version,
         id=request_id if request_id is not None else str(uuid.uuid4()),
         outputs=encoded,
-        parameters=parameters or None,
+        parameters=plain(parameters) if parameters else None,
     )
     return _encoder.encode(response)
 

@@ -10,7 +10,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from shipyard.protocol.datatypes import DATATYPE_TO_DTYPE, NUMERIC_DATATYPES, datatype_of
+from shipyard.protocol.datatypes import (
+    DATATYPE_TO_DTYPE,
+    FLOAT_DATATYPES,
+    INTEGER_DATATYPES,
+    NUMERIC_DATATYPES,
+    datatype_of,
+)
 from shipyard.protocol.errors import InferenceError, InvalidInput, ModelFailed
 
 Tensors = dict[str, np.ndarray]
@@ -151,10 +157,16 @@ def check_inputs(model: str, specs: list[TensorSpec], tensors: Tensors) -> Tenso
 def _check_tensor(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
     got = datatype_of(array.dtype)
     if got != spec.datatype:
-        if spec.datatype in NUMERIC_DATATYPES and got in NUMERIC_DATATYPES:
-            array = array.astype(DATATYPE_TO_DTYPE[spec.datatype], copy=False)
+        lossy = spec.datatype in INTEGER_DATATYPES and got in FLOAT_DATATYPES
+        if spec.datatype in NUMERIC_DATATYPES and got in NUMERIC_DATATYPES and not lossy:
+            target = DATATYPE_TO_DTYPE[spec.datatype]
+            if spec.datatype in INTEGER_DATATYPES and array.size and not np.can_cast(array.dtype, target):
+                info = np.iinfo(target)
+                if array.min() < info.min or array.max() > info.max:
+                    raise InvalidInput(f"input '{spec.name}': values do not fit {spec.datatype} [{info.min}, {info.max}]")
+            array = array.astype(target, copy=False)
         else:
-            raise InvalidInput(f"input '{spec.name}': expected {spec.datatype}, got {got}")
+            raise InvalidInput(f"input '{spec.name}': expected {spec.datatype}, got {got}{_kind_hint(got)}")
     shape = array.shape
     matches = len(shape) == len(spec.shape) and all(
         want in (-1, have) for want, have in zip(spec.shape, shape)
@@ -165,6 +177,14 @@ def _check_tensor(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
             hint = f"; for one row send shape [1, {shape[0]}]"
         raise InvalidInput(f"input '{spec.name}': expected shape {list(spec.shape)}, got {list(shape)}{hint}")
     return array
+
+
+def _kind_hint(datatype: str) -> str:
+    if datatype == "BYTES":
+        return " (strings or other non-numeric values)"
+    if datatype in FLOAT_DATATYPES:
+        return " (fractional values would be truncated)"
+    return ""
 
 
 def spec_of(name: str, array: np.ndarray) -> TensorSpec:
