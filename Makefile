@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.shipyard-installed
-# Python packages beyond the project's own extras: the CPU-only XGBoost build (no CUDA download).
-EXTRA_PACKAGES := xgboost-cpu
+# Python packages beyond the project's own extras: CPU-only builds of XGBoost and PyTorch
+# (torch 2.13.0 is the CPU wheel this machine kind keeps on disk; a bare `torch` pulls GBs of CUDA).
+EXTRA_PACKAGES := xgboost-cpu torch==2.13.0
+# Debian packages the suite needs: curl for the demo, R for the R runtime.
+APT_PACKAGES := curl r-base-core
 
 .PHONY: demo test bench install clean help
 
@@ -18,9 +21,10 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[sklearn,lightgbm,dev]' $(EXTRA_PACKAGES)
-	@command -v curl >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq curl) || echo "note: curl not found; the demo needs it"
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
+	@bash scripts/apt-install.sh $(APT_PACKAGES)
+	$(BIN)/python -m pip install --quiet $(EXTRA_PACKAGES)
+	$(BIN)/python -m pip install --quiet -e '.[sklearn,lightgbm,onnx,pytorch,huggingface,dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)

@@ -1,4 +1,4 @@
-"""Resolve a MODEL argument (package directory, artifact file, or model.py folder) to a ModelSource."""
+"""Resolve a MODEL argument (package directory, artifact file, or model folder) to a ModelSource."""
 
 from __future__ import annotations
 
@@ -9,6 +9,18 @@ from shipyard.runtimes.base import ModelSource
 from shipyard.runtimes.registry import find_artifact, normalise_format, sniff_format
 
 
+def format_of(path: Path) -> tuple[str, Path]:
+    """The format of a file or folder, and the path its runtime should load."""
+    if path.is_dir():
+        found = find_artifact(path)
+        if isinstance(found, str):  # "python" or "huggingface": the folder itself is the model
+            return found, path
+        return sniff_format(found), found
+    if path.suffix == ".py":
+        return "python", path
+    return sniff_format(path), path
+
+
 def model_source(argument: str | Path, name: str | None = None) -> tuple[ModelSource, list[str]]:
     """Return the source to serve for ``argument`` and any warnings about its config."""
     path = Path(argument).expanduser()
@@ -17,35 +29,28 @@ def model_source(argument: str | Path, name: str | None = None) -> tuple[ModelSo
     path = path.resolve()
     if path.is_dir() and (path / CONFIG_FILE).is_file():
         return _from_package(path, name)
-    if path.is_dir():
-        found = find_artifact(path)
-        if found == "python":
-            return ModelSource(check_name(name or path.name, str(path)), "python", path), []
-        assert isinstance(found, Path)
-        return ModelSource(check_name(name or path.name, str(path)), sniff_format(found), found), []
-    default_name = path.stem if path.name != "model.py" else path.parent.name
-    fmt = "python" if path.suffix == ".py" else sniff_format(path)
-    return ModelSource(check_name(name or default_name, str(path)), fmt, path), []
+    fmt, artifact = format_of(path)
+    default_name = path.parent.name if path.name == "model.py" else path.stem if path.is_file() else path.name
+    return ModelSource(check_name(name or default_name, str(path)), fmt, artifact), []
 
 
 def _from_package(folder: Path, name: str | None) -> tuple[ModelSource, list[str]]:
     config, raw, warnings = read_config(folder)
     where = str(folder / CONFIG_FILE)
+    target = folder
     if config.artifact:
-        artifact = folder / config.artifact
-        if not artifact.exists():
+        target = folder / config.artifact
+        if not target.exists():
             raise PackageError(f"{where}: 'artifact' points to {config.artifact}, which does not exist")
-    else:
-        found = find_artifact(folder)
-        artifact = folder if found == "python" else found  # type: ignore[assignment]
     if config.format:
-        fmt = normalise_format(config.format)
-    elif artifact.is_dir() or artifact.suffix == ".py":
-        fmt = "python"
+        fmt, artifact = normalise_format(config.format), target
+        if target.is_dir() and fmt not in ("python", "huggingface"):
+            found = find_artifact(target)
+            artifact = found if isinstance(found, Path) else target
+        if fmt == "python" and artifact.is_file() and artifact.suffix != ".py":
+            raise PackageError(f"{where}: format 'python' needs a model.py, but 'artifact' is {artifact.name}")
     else:
-        fmt = sniff_format(artifact)
-    if fmt == "python" and artifact.is_file() and artifact.suffix != ".py":
-        raise PackageError(f"{where}: format 'python' needs a model.py, but 'artifact' is {artifact.name}")
+        fmt, artifact = format_of(target)
     options = {"predict_proba": config.predict_proba, "concurrency": config.concurrency, "config": raw}
     source = ModelSource(
         name=check_name(name or config.name or folder.name, where),

@@ -1,30 +1,49 @@
-"""Which runtime serves which format, and telling an artifact's format from its name and bytes."""
+"""Which runtime serves which format, and telling an artifact's format from its name and bytes.
+
+Runtime classes are imported only when a model of that format is created, so serving a
+scikit-learn model never imports torch or onnxruntime.
+"""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from shipyard.runtimes.base import Model, ModelSource
-from shipyard.runtimes.custom import ENTRY_FILE, CustomModel
-from shipyard.runtimes.lightgbm import LightGBMModel
 from shipyard.runtimes.pickled import PICKLE_SUFFIXES
-from shipyard.runtimes.sklearn import SKLearnModel
-from shipyard.runtimes.xgboost import XGBoostModel
 
-RUNTIMES: dict[str, type[Model]] = {
-    "sklearn": SKLearnModel,
-    "xgboost": XGBoostModel,
-    "lightgbm": LightGBMModel,
-    "python": CustomModel,
+ENTRY_FILE = "model.py"
+
+#: format name -> "module:Class" of its runtime
+RUNTIMES: dict[str, str] = {
+    "sklearn": "shipyard.runtimes.sklearn:SKLearnModel",
+    "xgboost": "shipyard.runtimes.xgboost:XGBoostModel",
+    "lightgbm": "shipyard.runtimes.lightgbm:LightGBMModel",
+    "onnx": "shipyard.runtimes.onnx:ONNXModel",
+    "pytorch": "shipyard.runtimes.pytorch:PyTorchModel",
+    "huggingface": "shipyard.runtimes.huggingface:HuggingFaceModel",
+    "r": "shipyard.runtimes.r:RModel",
+    "python": "shipyard.runtimes.custom:CustomModel",
 }
-#: Accepted spellings of format names (KServe's and the user's).
-ALIASES = {"custom": "python", "scikit-learn": "sklearn", "xgb": "xgboost", "lgb": "lightgbm", "lgbm": "lightgbm"}
+#: Accepted spellings of format names (KServe's modelFormat names and common ones).
+ALIASES = {
+    "custom": "python", "scikit-learn": "sklearn", "xgb": "xgboost", "lgb": "lightgbm", "lgbm": "lightgbm",
+    "torch": "pytorch", "torchscript": "pytorch", "hf": "huggingface", "transformers": "huggingface",
+    "sentence-transformers": "huggingface", "onnxruntime": "onnx",
+}
 
 XGBOOST_SUFFIXES = (".json", ".ubj", ".bst", ".xgb", ".model")
 LIGHTGBM_SUFFIXES = (".txt", ".lgb")
+ONNX_SUFFIXES = (".onnx",)
+PYTORCH_SUFFIXES = (".pt", ".pth", ".torchscript", ".pt2")
+R_SUFFIXES = (".rds",)
+ARTIFACT_SUFFIXES = PICKLE_SUFFIXES + XGBOOST_SUFFIXES + LIGHTGBM_SUFFIXES + ONNX_SUFFIXES + PYTORCH_SUFFIXES + R_SUFFIXES
+#: Files that mark a directory as a Hugging Face model (transformers or sentence-transformers).
+HUGGINGFACE_MARKERS = ("config.json", "modules.json", "config_sentence_transformers.json")
 EXPECTED = (
-    "a scikit-learn estimator (.joblib, .pkl, .pickle), an XGBoost model (.json, .ubj), "
-    "a LightGBM model (.txt), or a directory with model.py or shipyard.yaml"
+    "a scikit-learn estimator (.joblib, .pkl, .pickle), an XGBoost model (.json, .ubj), a LightGBM model (.txt), "
+    "an ONNX model (.onnx), a PyTorch TorchScript or torch.export file (.pt, .pt2), an R model (.rds), "
+    "a Hugging Face model directory, or a directory with model.py or shipyard.yaml"
 )
 
 
@@ -61,6 +80,14 @@ def sniff_format(path: Path) -> str:
                 f"{path} is not a LightGBM text model (it should start with 'tree'); expected {EXPECTED}"
             )
         return "lightgbm"
+    if suffix in ONNX_SUFFIXES:
+        return "onnx"
+    if suffix in PYTORCH_SUFFIXES:
+        if not head.startswith(b"PK"):
+            raise FormatError(f"{path} is not a TorchScript or torch.export archive (not a zip file); expected {EXPECTED}")
+        return "pytorch"
+    if suffix in R_SUFFIXES:
+        return "r"
     if head.startswith(b"\x80"):
         return "sklearn"  # a pickle under an unusual name
     if head.startswith(b"tree"):
@@ -71,11 +98,12 @@ def sniff_format(path: Path) -> str:
 
 
 def find_artifact(folder: Path) -> Path | str:
-    """Return the single model file in ``folder`` (KServe's layout), or ``python`` for model.py."""
+    """The model in ``folder``: ``python`` for model.py, ``huggingface`` for a HF directory, else its one file."""
     if (folder / ENTRY_FILE).is_file():
         return "python"
-    known = PICKLE_SUFFIXES + XGBOOST_SUFFIXES + LIGHTGBM_SUFFIXES
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in known)
+    if any((folder / marker).is_file() for marker in HUGGINGFACE_MARKERS):
+        return "huggingface"
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in ARTIFACT_SUFFIXES)
     if len(files) == 1:
         return files[0]
     if not files:
@@ -84,6 +112,12 @@ def find_artifact(folder: Path) -> Path | str:
     raise FormatError(f"{folder} holds several model files ({names}); serve one of them, or add a shipyard.yaml naming the artifact")
 
 
+def runtime_class(fmt: str) -> type[Model]:
+    """Import and return the runtime class for a format."""
+    module_name, class_name = RUNTIMES[normalise_format(fmt)].split(":")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
 def create_model(source: ModelSource) -> Model:
     """Instantiate (not load) the runtime for a resolved source."""
-    return RUNTIMES[normalise_format(source.format)](source)
+    return runtime_class(source.format)(source)
