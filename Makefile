@@ -9,7 +9,7 @@ EXTRA_PACKAGES := xgboost-cpu torch==2.13.0
 # Debian packages the suite needs: curl for the demo, R for the R runtime.
 APT_PACKAGES := curl r-base-core
 
-.PHONY: demo test bench install clean help
+.PHONY: demo test bench install clean help grpc-stubs
 
 help:
 	@echo "make demo   - set up .venv, train a small model, serve it and query it (V1 and V2)"
@@ -37,3 +37,8 @@ test: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis demo-output
+
+# Regenerate the committed gRPC modules after editing src/shipyard/protocol/proto/inference.proto.
+grpc-stubs: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I src --python_out=src --grpc_python_out=src --pyi_out=src \
+		src/shipyard/protocol/proto/inference.proto

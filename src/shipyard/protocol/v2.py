@@ -23,6 +23,7 @@ from shipyard.protocol.datatypes import (
     datatype_of,
     element_count,
 )
+from shipyard.protocol.binary import tensor_from_bytes
 from shipyard.protocol.errors import InvalidInput
 
 Parameters = dict[str, Any]
@@ -58,7 +59,7 @@ class ResponseOutput(msgspec.Struct, omit_defaults=True):
     name: str
     datatype: str
     shape: list[int]
-    data: Any
+    data: Any = None
     parameters: Parameters | None = None
 
 
@@ -234,13 +235,42 @@ def _flat(values: Any) -> Any:
             yield item
 
 
-def decode_inputs(request: InferenceRequest) -> dict[str, np.ndarray]:
-    """Decode every input of a parsed request into numpy arrays, keyed by input name."""
+def decode_inputs(request: InferenceRequest, binary: memoryview | None = None) -> dict[str, np.ndarray]:
+    """Decode every input of a parsed request into numpy arrays, keyed by input name.
+
+    Inputs whose parameters carry ``binary_data_size`` are read, in order, from ``binary`` (the
+    body after the JSON header); the sizes must account for every byte of it.
+    """
     tensors: dict[str, np.ndarray] = {}
+    offset = 0
     for item in request.inputs:
         if item.name in tensors:
             raise InvalidInput(f"input '{item.name}' appears more than once")
-        tensors[item.name] = tensor_from_json(item.name, item.datatype, item.shape, item.data)
+        size = item.parameters.get("binary_data_size") if item.parameters else None
+        if size is None:
+            tensors[item.name] = tensor_from_json(item.name, item.datatype, item.shape, item.data)
+            continue
+        if binary is None:
+            raise InvalidInput(
+                f"input '{item.name}' has binary_data_size but the request has no binary part; "
+                "send the Inference-Header-Content-Length header with the JSON header's length"
+            )
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise InvalidInput(f"input '{item.name}': binary_data_size must be a non-negative integer, got {size!r}")
+        if item.data is not None:
+            raise InvalidInput(f"input '{item.name}' has both 'data' and binary_data_size; send one of them")
+        if offset + size > len(binary):
+            raise InvalidInput(
+                f"input '{item.name}': binary_data_size is {size} but only {len(binary) - offset} bytes of binary "
+                "data remain (truncated body?)"
+            )
+        tensors[item.name] = tensor_from_bytes(item.name, item.datatype, item.shape, binary[offset : offset + size])
+        offset += size
+    if binary is not None and offset != len(binary):
+        raise InvalidInput(
+            f"the body has {len(binary) - offset} bytes of binary data that no input claims "
+            f"(binary_data_size values add up to {offset} of {len(binary)})"
+        )
     return tensors
 
 
@@ -274,7 +304,7 @@ def encode_response(
     outputs: dict[str, np.ndarray],
     parameters: Parameters | None = None,
 ) -> bytes:
-    """Encode a V2 inference response as JSON bytes."""
+    """Encode a V2 inference response as JSON bytes (every output as JSON data)."""
     encoded = []
     for name, array in outputs.items():
         datatype, data = json_data(name, array)

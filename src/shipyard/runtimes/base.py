@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,6 +22,13 @@ from shipyard.protocol.datatypes import (
 from shipyard.protocol.errors import InferenceError, InvalidInput, ModelFailed
 
 Tensors = dict[str, np.ndarray]
+
+#: Nanoseconds the current request's predict calls waited for a free model thread.
+QUEUE_NS: ContextVar[int] = ContextVar("shipyard_queue_ns", default=0)
+
+
+def _timed(function: Any, *args: Any) -> tuple[int, Any]:
+    return time.perf_counter_ns(), function(*args)
 
 
 @dataclass(frozen=True)
@@ -96,8 +105,11 @@ class Model:
     async def run_sync(self, function: Any, *args: Any) -> Any:
         """Run ``function(*args)`` in the model's thread pool, turning its crashes into ModelFailed."""
         loop = asyncio.get_running_loop()
+        submitted = time.perf_counter_ns()
         try:
-            return await loop.run_in_executor(self.executor, function, *args)
+            started, result = await loop.run_in_executor(self.executor, _timed, function, *args)
+            QUEUE_NS.set(QUEUE_NS.get() + started - submitted)
+            return result
         except InferenceError:
             raise
         except Exception as exc:  # the model's own code failed

@@ -1,16 +1,24 @@
-"""The models a server holds, with their load state."""
+"""The models a server holds, their load state, and the repository extension's load/unload."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
+from typing import Any, Callable
 
-from shipyard.protocol.errors import NotFound, NotReady
+from shipyard.protocol.errors import InvalidInput, NotFound, NotReady
+from shipyard.runtimes import ModelSource, create_model
 from shipyard.runtimes.base import Model
+from shipyard.server.stats import ModelStats
 
 log = logging.getLogger("shipyard.server")
+
+#: Finds the source of a model by name: in the ``--model-repository`` directory, or in
+#: ``override`` (a folder the repository extension's ``load`` wrote files into).
+SourceResolver = Callable[[str, "Path | None"], ModelSource]
 
 
 class ModelState(str, Enum):
@@ -24,42 +32,100 @@ class ModelEntry:
     model: Model
     state: ModelState = ModelState.LOADING
     reason: str = ""
+    stats: ModelStats = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.stats = ModelStats(self.model.name, self.model.version)
 
 
 class ModelRepository:
     """Name -> model. Loading runs in a thread so the server answers health checks meanwhile."""
 
-    def __init__(self) -> None:
+    def __init__(self, resolver: SourceResolver | None = None, location: str = "") -> None:
         self._entries: dict[str, ModelEntry] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.resolver = resolver
+        #: Where models can be loaded from by name (shown in messages), if anywhere.
+        self.location = location
 
-    def add(self, model: Model) -> None:
+    def add(self, model: Model) -> ModelEntry:
         if model.name in self._entries:
             raise ValueError(f"two models are named '{model.name}'; give one another name with --name")
-        self._entries[model.name] = ModelEntry(model)
+        entry = ModelEntry(model)
+        self._entries[model.name] = entry
+        return entry
 
-    async def load(self, name: str) -> ModelEntry:
-        """Load one model; failures are recorded on the entry, not raised."""
-        entry = self._entries[name]
+    async def _load_entry(self, entry: ModelEntry) -> ModelEntry:
         entry.state = ModelState.LOADING
         try:
             await asyncio.get_running_loop().run_in_executor(None, entry.model.load)
         except Exception as exc:
             entry.state, entry.reason = ModelState.UNAVAILABLE, f"{type(exc).__name__}: {exc}"
-            log.debug("model %s failed to load", name, exc_info=True)
+            log.debug("model %s failed to load", entry.model.name, exc_info=True)
         else:
             entry.state, entry.reason = ModelState.READY, ""
         return entry
 
     async def load_all(self) -> list[ModelEntry]:
         """Load every model, one at a time: libraries imported from two threads at once can break."""
-        return [await self.load(name) for name in list(self._entries)]
+        return [await self._load_entry(entry) for entry in list(self._entries.values())]
+
+    async def load(self, name: str, override: Path | None = None) -> ModelEntry:
+        """The repository extension's load: (re)load ``name``; a failed reload keeps the old model serving."""
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            current = self._entries.get(name)
+            source = self._source_for(name, override, current)
+            try:
+                candidate = ModelEntry(create_model(source))
+            except ValueError as exc:
+                raise InvalidInput(f"failed to load model '{name}': {exc}") from None
+            await self._load_entry(candidate)
+            if candidate.state is not ModelState.READY:
+                raise InvalidInput(f"failed to load model '{name}': {candidate.reason}")
+            self._entries[name] = candidate
+            if current is not None and current.state is ModelState.READY:
+                current.model.unload()
+            return candidate
+
+    def _source_for(self, name: str, override: Path | None, current: ModelEntry | None) -> ModelSource:
+        if self.resolver is not None:
+            try:
+                return self.resolver(name, override)
+            except FileNotFoundError:
+                pass
+            except ValueError as exc:
+                raise InvalidInput(f"failed to load model '{name}': {exc}") from None
+        if current is not None and override is None:
+            return current.model.source
+        where = f" in model repository {self.location}" if self.location else ""
+        raise NotFound(f"model '{name}' not found{where}; this server has: {', '.join(self.names()) or 'none'}")
+
+    async def unload(self, name: str) -> None:
+        """The repository extension's unload: the model stays listed, as UNAVAILABLE."""
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            entry = self.entry(name)
+            entry.model.unload()
+            entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"
 
     def unload_all(self) -> None:
         for entry in self._entries.values():
             entry.model.unload()
 
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
     def entries(self) -> list[ModelEntry]:
         return list(self._entries.values())
+
+    def index(self, ready_only: bool = False) -> list[dict[str, Any]]:
+        """The repository index: every model with its state and reason."""
+        rows = []
+        for entry in self._entries.values():
+            if ready_only and entry.state is not ModelState.READY:
+                continue
+            rows.append({"name": entry.model.name, "version": entry.model.version, "state": entry.state.value,
+                         "reason": entry.reason})
+        return rows
 
     def all_ready(self) -> bool:
         return bool(self._entries) and all(e.state is ModelState.READY for e in self._entries.values())
@@ -74,10 +140,16 @@ class ModelRepository:
             raise NotFound(f"model '{name}' has no version '{version}'; available: {entry.model.version}")
         return entry
 
-    def get(self, name: str, version: str | None = None) -> Model:
-        """A ready model, or NotFound / NotReady."""
+    def ready_entry(self, name: str, version: str | None = None) -> ModelEntry:
+        """A ready model's entry, or NotFound / NotReady."""
         entry = self.entry(name, version)
         if entry.state is not ModelState.READY:
+            if entry.reason == "unloaded":
+                raise NotReady(f"model '{name}' is unloaded; load it with POST /v2/repository/models/{name}/load")
             detail = f": {entry.reason}" if entry.reason else " (still loading)"
             raise NotReady(f"model '{name}' is not ready{detail}")
-        return entry.model
+        return entry
+
+    def get(self, name: str, version: str | None = None) -> Model:
+        """A ready model, or NotFound / NotReady."""
+        return self.ready_entry(name, version).model

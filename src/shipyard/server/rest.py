@@ -11,9 +11,15 @@ from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable
 from urllib.parse import unquote
 
-from shipyard.protocol.errors import InferenceError, MethodNotAllowed, NotFound
+import msgspec
+
+from shipyard.protocol.errors import InferenceError, InvalidInput, MethodNotAllowed, NotFound
+from shipyard.protocol.http_codec import HEADER_LENGTH, decode_rest_request, encode_rest_response
 from shipyard.protocol.v2 import encode
+from shipyard.runtimes.base import Model
+from shipyard.server import compression
 from shipyard.server.dataplane import DataPlane
+from shipyard.server.openapi import openapi_document
 
 log = logging.getLogger("shipyard.server")
 
@@ -48,14 +54,41 @@ def error_response(status: int, message: str) -> Response:
 Handler = Callable[..., Awaitable[Response]]
 
 
+_object_decoder = msgspec.json.Decoder(dict)
+
+
+def _json_object(body: bytes, what: str) -> dict[str, Any]:
+    """An optional JSON object body (repository requests); empty means {}."""
+    if not body.strip():
+        return {}
+    try:
+        return _object_decoder.decode(body)
+    except msgspec.ValidationError:
+        raise InvalidInput(f"{what} body must be a JSON object") from None
+    except msgspec.DecodeError as exc:
+        raise InvalidInput(f"malformed JSON: {exc}") from None
+
+
 class RestApp:
     """Routes V2 (``/v2/...``) and V1 (``/v1/...``) requests to the data plane."""
 
-    def __init__(self, dataplane: DataPlane) -> None:
+    def __init__(self, dataplane: DataPlane, max_body: int = 64 * 1024 * 1024) -> None:
         self.dataplane = dataplane
+        self.max_body = max_body
+        self._openapi = encode(openapi_document())
 
     async def __call__(self, request: Request) -> Response:
+        response = await self._dispatch(request)
+        encoding = compression.pick_encoding(request.headers.get("accept-encoding", ""))
+        if encoding and response.body:
+            response.body = compression.compress(response.body, encoding)
+            response.headers.append(("content-encoding", encoding))
+        return response
+
+    async def _dispatch(self, request: Request) -> Response:
         try:
+            if "content-encoding" in request.headers:
+                request.body = compression.decompress(request.body, request.headers["content-encoding"], self.max_body)
             handlers, args = self.route(request.path)
             handler = handlers.get("GET" if request.method == "HEAD" else request.method)
             if handler is None:
@@ -76,6 +109,20 @@ class RestApp:
         match segments:
             case [""]:
                 return {"GET": self.root}, ()
+            case ["openapi.json"]:
+                return {"GET": self.openapi}, ()
+            case ["v2", "repository", "index"]:
+                return {"POST": self.repository_index}, ()
+            case ["v2", "repository", "models", name, "load"]:
+                return {"POST": self.repository_load}, (name,)
+            case ["v2", "repository", "models", name, "unload"]:
+                return {"POST": self.repository_unload}, (name,)
+            case ["v2", "models", "stats"]:
+                return {"GET": self.statistics}, (None, None)
+            case ["v2", "models", name, "stats"]:
+                return {"GET": self.statistics}, (name, None)
+            case ["v2", "models", name, "versions", version, "stats"]:
+                return {"GET": self.statistics}, (name, version)
             case ["v2"]:
                 return {"GET": self.server_metadata}, ()
             case ["v2", "health", "live"]:
@@ -126,10 +173,51 @@ class RestApp:
         return json_response(self.dataplane.model_ready(name, version))
 
     async def infer(self, request: Request, name: str, version: str | None) -> Response:
-        return Response(200, await self.dataplane.infer_v2(name, version, request.body))
+        header_length = _header_length(request.headers.get(HEADER_LENGTH))
+        body = request.body
+
+        def decode(model: Model):  # type: ignore[no-untyped-def]
+            return decode_rest_request(body, header_length, model.inputs)
+
+        answer, json_length = await self.dataplane.infer(name, version, decode, encode_rest_response)
+        if json_length is None:
+            return Response(200, answer)
+        return Response(200, answer, "application/octet-stream", [(HEADER_LENGTH, str(json_length))])
+
+    async def openapi(self, request: Request) -> Response:
+        return Response(200, self._openapi)
+
+    async def statistics(self, request: Request, name: str | None, version: str | None) -> Response:
+        return json_response(self.dataplane.statistics(name, version))
+
+    async def repository_index(self, request: Request) -> Response:
+        ready = _json_object(request.body, "repository index").get("ready", False)
+        if not isinstance(ready, bool):
+            raise InvalidInput(f"'ready' must be true or false, got {ready!r}")
+        return json_response(self.dataplane.repository_index(ready))
+
+    async def repository_load(self, request: Request, name: str) -> Response:
+        parameters = _json_object(request.body, "load").get("parameters") or {}
+        if not isinstance(parameters, dict):
+            raise InvalidInput("'parameters' must be a JSON object")
+        await self.dataplane.repository_load(name, parameters)
+        return json_response({"name": name, "load": True})
+
+    async def repository_unload(self, request: Request, name: str) -> Response:
+        _json_object(request.body, "unload")
+        await self.dataplane.repository_unload(name)
+        return json_response({"name": name, "unload": True})
 
     async def predict_v1(self, request: Request, name: str) -> Response:
         return Response(200, await self.dataplane.predict_v1(name, request.body))
 
     async def v1_model(self, request: Request, name: str) -> Response:
         return json_response(self.dataplane.v1_model(name))
+
+
+def _header_length(value: str | None) -> int | None:
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise InvalidInput(f"Inference-Header-Content-Length must be a non-negative integer, got '{value}'")
+    return int(value)

@@ -1,0 +1,1 @@
+"""Generated gRPC modules for the V2 service (see inference.proto)."""
