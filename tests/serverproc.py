@@ -14,6 +14,7 @@ from pathlib import Path
 import httpx
 
 LISTENING = re.compile(r"listening on (http://\S+)")
+GRPC_LISTENING = re.compile(r"gRPC listening on (\S+)")
 
 
 class ServerProcess:
@@ -23,6 +24,8 @@ class ServerProcess:
         command = [sys.executable, "-m", "shipyard", "serve", *map(str, args)]
         if "--http-port" not in command and "-p" not in command:
             command += ["--http-port", "0"]
+        if "--grpc-port" not in command and "--no-grpc" not in command:
+            command += ["--grpc-port", "0"]
         self.process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,
@@ -32,6 +35,7 @@ class ServerProcess:
         )
         self.lines: list[str] = []
         self.url: str | None = None
+        self.grpc_address: str | None = None
         self._listening = threading.Event()
         threading.Thread(target=self._pump, daemon=True).start()
 
@@ -39,6 +43,9 @@ class ServerProcess:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             self.lines.append(line.rstrip("\n"))
+            grpc_match = GRPC_LISTENING.search(line)
+            if grpc_match:
+                self.grpc_address = grpc_match.group(1)
             match = LISTENING.search(line)
             if match and self.url is None:
                 self.url = match.group(1)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import re
+from pathlib import Path
 from typing import Optional
 
 import typer
 
 from shipyard.cli.errors import fail, warn
+from shipyard.package.repository import RepositoryFolder, make_resolver
 from shipyard.package.source import model_source
 from shipyard.server.runner import DEFAULT_MAX_REQUEST_SIZE, ServeOptions
 from shipyard.server.runner import serve as run_server
@@ -27,8 +29,8 @@ def parse_size(text: str) -> int:
 
 
 def serve(
-    models: list[str] = typer.Argument(
-        ...,
+    models: Optional[list[str]] = typer.Argument(
+        None,
         metavar="MODEL",
         help="Model package directory (with shipyard.yaml), artifact file (.joblib, .pkl, .json, .ubj, .txt) "
         "or directory with model.py.",
@@ -39,6 +41,16 @@ def serve(
     ),
     host: str = typer.Option("127.0.0.1", help="Address to listen on (0.0.0.0 for every interface)."),
     http_port: int = typer.Option(8080, "--http-port", "-p", help="REST port (0 picks a free one)."),
+    grpc_port: int = typer.Option(8081, "--grpc-port", help="gRPC port (0 picks a free one)."),
+    grpc: bool = typer.Option(True, "--grpc/--no-grpc", help="Serve the V2 gRPC service too."),
+    model_repository: Optional[Path] = typer.Option(
+        None, "--model-repository", help="Folder with one sub-folder or artifact file per model; all are served, "
+        "and the repository API (/v2/repository/...) can load and unload them by name.", show_default=False,
+    ),
+    load_on_request: bool = typer.Option(
+        False, "--load-on-request", help="With --model-repository: start with no model loaded; load each with "
+        "POST /v2/repository/models/NAME/load (Triton's explicit mode).",
+    ),
     max_request_size: str = typer.Option(
         f"{DEFAULT_MAX_REQUEST_SIZE // 1024**2}MiB", help="Largest request body accepted; bigger ones get 413."
     ),
@@ -51,12 +63,20 @@ def serve(
       shipyard serve model.joblib                 [dim]# serves 'model' on :8080[/]
 
       shipyard serve iris.joblib churn.json -n iris -n churn -p 9000
+
+      shipyard serve --model-repository models/ --grpc-port 9001
     """
+    models = models or []
     names = name or []
+    if not models and model_repository is None:
+        fail("give at least one MODEL, or --model-repository DIR (see shipyard serve --help)", code=2)
+    if load_on_request and model_repository is None:
+        fail("--load-on-request needs --model-repository DIR", code=2)
     if len(names) > len(models):
         fail(f"{len(names)} --name values for {len(models)} MODEL(s); give at most one --name per MODEL")
-    if not 0 <= http_port <= 65535:
-        fail(f"--http-port must be between 0 and 65535, got {http_port}")
+    for flag, port in (("--http-port", http_port), ("--grpc-port", grpc_port)):
+        if not 0 <= port <= 65535:
+            fail(f"{flag} must be between 0 and 65535, got {port}")
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         fail(f"--log-level must be debug, info, warning or error, got '{log_level}'")
@@ -70,9 +90,26 @@ def serve(
         for message in warnings:
             warn(message)
         sources.append(source)
+    folder = None
+    if model_repository is not None:
+        try:
+            folder = RepositoryFolder(model_repository)
+            found, warnings = ([], []) if load_on_request else folder.sources()
+        except ValueError as exc:
+            fail(str(exc))
+        for message in warnings:
+            warn(message)
+        sources.extend(found)
     taken = [s.name for s in sources]
     duplicates = sorted({n for n in taken if taken.count(n) > 1})
     if duplicates:
         fail(f"two models would be served as '{duplicates[0]}'; name them apart with --name")
-    options = ServeOptions(host=host, http_port=http_port, max_request_size=parse_size(max_request_size))
+    options = ServeOptions(
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port if grpc else None,
+        max_request_size=parse_size(max_request_size),
+        resolver=make_resolver(folder),
+        repository_location=str(folder.path) if folder else "",
+    )
     raise typer.Exit(run_server(sources, options))

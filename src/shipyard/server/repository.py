@@ -128,7 +128,7 @@ class ModelRepository:
         return rows
 
     def all_ready(self) -> bool:
-        return bool(self._entries) and all(e.state is ModelState.READY for e in self._entries.values())
+        return all(e.state is ModelState.READY for e in self._entries.values())
 
     def entry(self, name: str, version: str | None = None) -> ModelEntry:
         """The entry for ``name`` (and ``version`` if given), or NotFound naming what exists."""

@@ -1,4 +1,4 @@
-"""Run a model server process: load models, listen, print where, drain on SIGINT/SIGTERM."""
+"""Run a model server process: load models, listen (REST and gRPC), print where, drain on signals."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from shipyard import __version__
 from shipyard.runtimes import ModelSource, create_model
 from shipyard.server.dataplane import DataPlane
 from shipyard.server.http import HttpServer
-from shipyard.server.repository import ModelRepository, ModelState
+from shipyard.server.repository import ModelRepository, ModelState, SourceResolver
 from shipyard.server.rest import RestApp
 
 log = logging.getLogger("shipyard.server")
@@ -25,8 +25,13 @@ DEFAULT_MAX_REQUEST_SIZE = 64 * 1024 * 1024
 class ServeOptions:
     host: str = "127.0.0.1"
     http_port: int = 8080
+    #: None turns gRPC off
+    grpc_port: int | None = 8081
     max_request_size: int = DEFAULT_MAX_REQUEST_SIZE
     drain_seconds: float = 30.0
+    #: Loads models by name for the repository extension (``--model-repository``).
+    resolver: SourceResolver | None = None
+    repository_location: str = ""
 
 
 class StartupError(RuntimeError):
@@ -56,18 +61,29 @@ def serve(sources: list[ModelSource], options: ServeOptions) -> int:
 
 
 async def _serve(sources: list[ModelSource], options: ServeOptions) -> int:
-    repository = ModelRepository()
+    repository = ModelRepository(options.resolver, options.repository_location)
     for source in sources:
         repository.add(create_model(source))
-    server = HttpServer(RestApp(DataPlane(repository)), options.host, options.http_port, options.max_request_size)
+    dataplane = DataPlane(repository)
+    server = HttpServer(RestApp(dataplane, options.max_request_size), options.host, options.http_port,
+                        options.max_request_size)
     try:
         await server.start()
     except OSError as exc:
-        if exc.errno == errno.EADDRINUSE:
+        raise StartupError(_listen_error(exc, options.host, options.http_port, "--http-port")) from None
+    grpc_server = None
+    if options.grpc_port is not None:
+        from shipyard.server.grpc_service import start_grpc_server  # grpc only when asked for
+
+        try:
+            grpc_server, grpc_port = await start_grpc_server(dataplane, options.host, options.grpc_port,
+                                                             options.max_request_size)
+        except (OSError, RuntimeError) as exc:
+            await server.shutdown(0)
             raise StartupError(
-                f"port {options.http_port} on {options.host} is already in use; pick another with --http-port"
+                f"cannot listen for gRPC on {options.host}:{options.grpc_port} ({exc}); pick another port with "
+                "--grpc-port or turn gRPC off with --no-grpc"
             ) from None
-        raise StartupError(f"cannot listen on {options.host}:{options.http_port}: {exc.strerror or exc}") from None
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -75,6 +91,8 @@ async def _serve(sources: list[ModelSource], options: ServeOptions) -> int:
         loop.add_signal_handler(signum, stop.set)
 
     base = f"http://{options.host}:{server.port}"
+    if grpc_server is not None:  # printed first: tools wait for the "listening on http" line
+        _say(f"gRPC listening on {options.host}:{grpc_port}")
     _say(f"Shipyard {__version__} listening on {base} (loading {len(sources)} model(s))")
     loading = asyncio.ensure_future(repository.load_all())
     await asyncio.wait([loading, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
@@ -94,10 +112,20 @@ async def _serve(sources: list[ModelSource], options: ServeOptions) -> int:
             await stop.wait()
 
     _say("Stopping: finishing in-flight requests...")
+    if grpc_server is not None:
+        grpc_stop = asyncio.ensure_future(grpc_server.stop(options.drain_seconds))
     cut = await server.shutdown(options.drain_seconds)
+    if grpc_server is not None:
+        await grpc_stop
     if cut:
         log.warning("%d connection(s) still busy after %.0fs were closed", cut, options.drain_seconds)
     loading.cancel()
     repository.unload_all()
     _say("Stopped.")
     return 1 if failed else 0
+
+
+def _listen_error(exc: OSError, host: str, port: int, flag: str) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return f"port {port} on {host} is already in use; pick another with {flag}"
+    return f"cannot listen on {host}:{port}: {exc.strerror or exc}"

@@ -1,0 +1,125 @@
+"""The V2 gRPC service (``inference.GRPCInferenceService``) over the shared data plane."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, AsyncIterator, Awaitable, TypeVar
+
+import grpc
+
+from shipyard.protocol.errors import InferenceError, NotFound, NotReady
+from shipyard.protocol.grpc_codec import decode_grpc_request, encode_grpc_response, parameters_dict
+from shipyard.protocol.proto import inference_pb2 as pb
+from shipyard.protocol.proto import inference_pb2_grpc as pb_grpc
+from shipyard.server.dataplane import DataPlane
+
+log = logging.getLogger("shipyard.server")
+Result = TypeVar("Result")
+
+#: HTTP status of an InferenceError -> gRPC status code (KServe's mapping).
+STATUS_CODES = {
+    400: grpc.StatusCode.INVALID_ARGUMENT,
+    404: grpc.StatusCode.NOT_FOUND,
+    405: grpc.StatusCode.UNIMPLEMENTED,
+    413: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    500: grpc.StatusCode.INTERNAL,
+    503: grpc.StatusCode.UNAVAILABLE,
+}
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """Each RPC calls the same DataPlane as REST; errors keep REST's messages."""
+
+    def __init__(self, dataplane: DataPlane) -> None:
+        self.dataplane = dataplane
+
+    async def _guard(self, context: grpc.aio.ServicerContext, call: Awaitable[Result]) -> Result:
+        try:
+            return await call
+        except InferenceError as exc:
+            await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.INTERNAL), exc.message)
+        except Exception as exc:
+            log.exception("gRPC call failed")
+            await context.abort(grpc.StatusCode.INTERNAL, f"internal server error: {type(exc).__name__}: {exc}")
+        raise AssertionError("unreachable")  # context.abort always raises
+
+    async def ServerLive(self, request: Any, context: Any) -> Any:
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request: Any, context: Any) -> Any:
+        try:
+            self.dataplane.ready()
+        except NotReady:
+            return pb.ServerReadyResponse(ready=False)
+        return pb.ServerReadyResponse(ready=True)
+
+    async def ModelReady(self, request: Any, context: Any) -> Any:
+        try:
+            self.dataplane.model_ready(request.name, request.version or None)
+        except (NotReady, NotFound):
+            return pb.ModelReadyResponse(ready=False)
+        return pb.ModelReadyResponse(ready=True)
+
+    async def ServerMetadata(self, request: Any, context: Any) -> Any:
+        return pb.ServerMetadataResponse(**self.dataplane.server_metadata())
+
+    async def ModelMetadata(self, request: Any, context: Any) -> Any:
+        async def metadata() -> Any:
+            return pb.ModelMetadataResponse(**self.dataplane.model_metadata(request.name, request.version or None))
+
+        return await self._guard(context, metadata())
+
+    def _infer(self, request: Any) -> Awaitable[Any]:
+        return self.dataplane.infer(
+            request.model_name, request.model_version or None, lambda model: decode_grpc_request(request),
+            encode_grpc_response,
+        )
+
+    async def ModelInfer(self, request: Any, context: Any) -> Any:
+        return await self._guard(context, self._infer(request))
+
+    async def ModelStreamInfer(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
+        """One response per request, in order; an error answers that request and the stream goes on."""
+        async for request in requests:
+            try:
+                yield pb.ModelStreamInferResponse(infer_response=await self._infer(request))
+            except InferenceError as exc:
+                yield pb.ModelStreamInferResponse(error_message=exc.message)
+            except Exception as exc:
+                log.exception("stream request failed")
+                yield pb.ModelStreamInferResponse(error_message=f"internal server error: {type(exc).__name__}: {exc}")
+
+    async def ModelStatistics(self, request: Any, context: Any) -> Any:
+        async def statistics() -> Any:
+            stats = self.dataplane.statistics(request.name or None, request.version or None)
+            return pb.ModelStatisticsResponse(**stats)
+
+        return await self._guard(context, statistics())
+
+    async def RepositoryIndex(self, request: Any, context: Any) -> Any:
+        rows = self.dataplane.repository_index(request.ready)
+        return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
+
+    async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
+        parameters = parameters_dict(request.parameters)
+        await self._guard(context, self.dataplane.repository_load(request.model_name, parameters))
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(self, request: Any, context: Any) -> Any:
+        await self._guard(context, self.dataplane.repository_unload(request.model_name))
+        return pb.RepositoryModelUnloadResponse()
+
+
+async def start_grpc_server(dataplane: DataPlane, host: str, port: int, max_message: int) -> tuple[grpc.aio.Server, int]:
+    """Start the gRPC server on the running loop; return it and its bound port."""
+    server = grpc.aio.server(options=[
+        ("grpc.max_receive_message_length", max_message),
+        ("grpc.max_send_message_length", -1),
+        ("grpc.so_reuseport", 0),
+    ])
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen for gRPC on {host}:{port} (in use?)")
+    await server.start()
+    return server, bound
