@@ -100,8 +100,10 @@ def _post(summary: str, body: dict[str, Any], ok: dict[str, Any], *errors: str, 
     return {"post": operation}
 
 
-def openapi_document() -> dict[str, Any]:
-    """The whole document."""
+def openapi_document(model_names: list[str] | None = None) -> dict[str, Any]:
+    """The whole document; the names of the models being served are given as path examples."""
+    name_param = {**_NAME, "example": model_names[0]} if model_names else _NAME
+    version_param = {**_VERSION, "example": "1"}
     ready = {"type": "object", "required": ["name", "ready"], "properties": {
         "name": {"type": "string"}, "ready": {"type": "boolean"}}}
     infer = _post("V2 inference (JSON; the binary extension uses Inference-Header-Content-Length)",
@@ -115,19 +117,19 @@ def openapi_document() -> dict[str, Any]:
         "/v2/models": _get("Names of the models this server holds",
                            {"type": "object", "properties": {"models": {"type": "array", "items": {"type": "string"}}}}),
         "/v2/models/stats": _get("Statistics of every model", _ref("ModelStatistics")),
-        "/v2/models/{model_name}": _get("Model metadata", _ref("ModelMetadata"), "404", "503", parameters=[_NAME]),
+        "/v2/models/{model_name}": _get("Model metadata", _ref("ModelMetadata"), "404", "503", parameters=[name_param]),
         "/v2/models/{model_name}/versions/{model_version}": _get(
-            "Model metadata of a version", _ref("ModelMetadata"), "404", "503", parameters=[_NAME, _VERSION]),
-        "/v2/models/{model_name}/ready": _get("Model readiness", ready, "404", "503", parameters=[_NAME]),
+            "Model metadata of a version", _ref("ModelMetadata"), "404", "503", parameters=[name_param, version_param]),
+        "/v2/models/{model_name}/ready": _get("Model readiness", ready, "404", "503", parameters=[name_param]),
         "/v2/models/{model_name}/versions/{model_version}/ready": _get(
-            "Readiness of a model version", ready, "404", "503", parameters=[_NAME, _VERSION]),
+            "Readiness of a model version", ready, "404", "503", parameters=[name_param, version_param]),
         "/v2/models/{model_name}/stats": _get("Statistics of a model", _ref("ModelStatistics"), "404",
-                                              parameters=[_NAME]),
+                                              parameters=[name_param]),
         "/v2/models/{model_name}/versions/{model_version}/stats": _get(
-            "Statistics of a model version", _ref("ModelStatistics"), "404", parameters=[_NAME, _VERSION]),
-        "/v2/models/{model_name}/infer": {"post": {**infer["post"], "parameters": [_NAME]}},
+            "Statistics of a model version", _ref("ModelStatistics"), "404", parameters=[name_param, version_param]),
+        "/v2/models/{model_name}/infer": {"post": {**infer["post"], "parameters": [name_param]}},
         "/v2/models/{model_name}/versions/{model_version}/infer": {
-            "post": {**infer["post"], "parameters": [_NAME, _VERSION]}},
+            "post": {**infer["post"], "parameters": [name_param, version_param]}},
         "/v2/repository/index": _post(
             "Every model with its state", {"type": "object", "properties": {"ready": {"type": "boolean"}}},
             _ref("RepositoryIndex"), required=False),
@@ -135,21 +137,21 @@ def openapi_document() -> dict[str, Any]:
             "Load or reload a model (parameters: config, file:<path> as base64)",
             {"type": "object", "properties": {"parameters": {"type": "object"}}},
             {"type": "object", "properties": {"name": {"type": "string"}, "load": {"type": "boolean"}}},
-            "404", required=False, parameters=[_NAME]),
+            "404", required=False, parameters=[name_param]),
         "/v2/repository/models/{model_name}/unload": _post(
             "Unload a model", {"type": "object", "properties": {"parameters": {"type": "object"}}},
             {"type": "object", "properties": {"name": {"type": "string"}, "unload": {"type": "boolean"}}},
-            "404", required=False, parameters=[_NAME]),
+            "404", required=False, parameters=[name_param]),
         "/v1/models": _get("Names of the models (KServe V1)",
                            {"type": "object", "properties": {"models": {"type": "array", "items": {"type": "string"}}}}),
-        "/v1/models/{model_name}": _get("Model status (KServe V1)", ready, "404", parameters=[_NAME]),
+        "/v1/models/{model_name}": _get("Model status (KServe V1)", ready, "404", parameters=[name_param]),
         "/v1/models/{model_name}:predict": _post(
             "KServe V1 prediction",
             {"type": "object", "properties": {"instances": {"type": "array", "items": {}},
                                               "inputs": {"type": "array", "items": {}}}},
             {"type": "object", "required": ["predictions"], "properties": {"predictions": {"type": "array",
                                                                                           "items": {}}}},
-            "404", "500", "503", parameters=[_NAME]),
+            "404", "500", "503", parameters=[name_param]),
     }
     return {
         "openapi": "3.0.3",

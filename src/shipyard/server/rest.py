@@ -75,7 +75,6 @@ class RestApp:
     def __init__(self, dataplane: DataPlane, max_body: int = 64 * 1024 * 1024) -> None:
         self.dataplane = dataplane
         self.max_body = max_body
-        self._openapi = encode(openapi_document())
 
     async def __call__(self, request: Request) -> Response:
         response = await self._dispatch(request)
@@ -185,7 +184,7 @@ class RestApp:
         return Response(200, answer, "application/octet-stream", [(HEADER_LENGTH, str(json_length))])
 
     async def openapi(self, request: Request) -> Response:
-        return Response(200, self._openapi)
+        return json_response(openapi_document(self.dataplane.repository.names()))
 
     async def statistics(self, request: Request, name: str | None, version: str | None) -> Response:
         return json_response(self.dataplane.statistics(name, version))
