@@ -38,7 +38,7 @@ ORT_TYPES: dict[str, str] = {
 #: "[ONNXRuntimeError] : 7 : INVALID_PROTOBUF : Load model from x.onnx failed:Protobuf parsing failed."
 _ORT_PREFIX = re.compile(r"^\[ONNXRuntimeError\] : \d+ : \w+ : (Load model from .* failed:)?")
 #: "/onnxruntime_src/.../model.cc:256 onnxruntime::Model::Model(...) Unsupported model IR version: 14, ..."
-_SOURCE_LOCATION = re.compile(r"\S+\.(cc|cpp|h):\d+ [^(]*\(.*?\) ")
+_SOURCE_LOCATION = re.compile(r"\S+\.(cc|cpp|h):\d+ .*?\)\S* ")
 
 
 def import_onnxruntime() -> Any:
