@@ -100,7 +100,9 @@ def classify(name: str, array: np.ndarray, count: int) -> np.ndarray:
     if array.dtype.kind not in "biuf":
         raise InvalidInput(f"output '{name}': classification needs a numeric output, it is {array.dtype}")
     rows = array.reshape(1, -1) if array.ndim <= 1 else array.reshape(array.shape[0], -1)
-    top = np.argsort(-rows, axis=1, kind="stable")[:, : min(count, rows.shape[1])]
+    # rank descending on a float copy: negating unsigned, bool or INT_MIN values would wrap
+    order = np.argsort(rows.astype(np.float64), axis=1, kind="stable")[:, ::-1]
+    top = order[:, : min(count, rows.shape[1])]
     labels = np.empty(top.shape, dtype=object)
     for row, indices in enumerate(top):
         labels[row] = [f"{rows[row, index]:f}:{index}".encode() for index in indices]

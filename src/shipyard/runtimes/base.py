@@ -202,3 +202,8 @@ def _kind_hint(datatype: str) -> str:
 def spec_of(name: str, array: np.ndarray) -> TensorSpec:
     """Describe an example output array with a variable batch dimension."""
     return TensorSpec(name, datatype_of(array.dtype), (-1, *array.shape[1:]))
+
+
+def empty_like_spec(spec: TensorSpec) -> np.ndarray:
+    """A zero-row array with the spec's datatype and fixed dimensions."""
+    return np.empty((0, *(max(dim, 0) for dim in spec.shape[1:])), dtype=DATATYPE_TO_DTYPE[spec.datatype])

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from shipyard.protocol.errors import InvalidInput
-from shipyard.runtimes.base import Model, TensorSpec, Tensors, spec_of
+from shipyard.runtimes.base import Model, TensorSpec, Tensors, empty_like_spec, spec_of
 
 INPUT_NAME = "input-0"
 #: Request parameter (or package option) that makes ``predict_proba`` the default output.
@@ -86,6 +86,8 @@ class EstimatorModel(Model):
 
     def predict(self, inputs: Tensors, outputs: list[str], parameters: dict[str, Any]) -> Tensors:
         features = inputs[INPUT_NAME]
+        if features.shape[0] == 0:  # estimators refuse empty input; an empty batch has empty answers
+            return {spec.name: empty_like_spec(spec) for spec in self.outputs if spec.name in outputs}
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # "X does not have valid feature names"
             return {name: np.asarray(getattr(self.estimator, name)(features)) for name in outputs}

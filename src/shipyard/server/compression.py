@@ -24,16 +24,33 @@ def decompress(body: bytes, encoding: str, limit: int) -> bytes:
         raise InvalidInput(f"body is not valid {encoding} data: {exc}") from None
     if len(data) > limit or inflater.unconsumed_tail:
         raise PayloadTooLarge(f"decompressed body is over this server's limit of {limit} bytes")
+    if not inflater.eof:
+        raise InvalidInput(f"{encoding} body is truncated (the compressed stream does not end)")
+    if inflater.unused_data:
+        raise InvalidInput(f"{encoding} body has {len(inflater.unused_data)} bytes after the compressed stream")
     return data
 
 
+def _quality(parameters: list[str]) -> float:
+    for parameter in parameters:
+        key, _, value = parameter.partition("=")
+        if key.strip().lower() == "q":
+            try:
+                return float(value)
+            except ValueError:
+                return 0.0
+    return 1.0
+
+
 def pick_encoding(accept_encoding: str) -> str | None:
-    """The response encoding to use for an Accept-Encoding header, or None for identity."""
-    offered = {part.split(";")[0].strip().lower() for part in accept_encoding.split(",")}
-    for encoding in ("gzip", "deflate"):
-        if encoding in offered:
-            return encoding
-    return None
+    """The response encoding for an Accept-Encoding header (q-values honoured), or None for identity."""
+    weights: dict[str, float] = {}
+    for part in accept_encoding.split(","):
+        coding, *parameters = part.split(";")
+        if coding.strip():
+            weights[coding.strip().lower()] = _quality(parameters)
+    best = max(("gzip", "deflate"), key=lambda coding: weights.get(coding, weights.get("*", 0.0)))
+    return best if weights.get(best, weights.get("*", 0.0)) > 0 else None
 
 
 def compress(body: bytes, encoding: str) -> bytes:

@@ -22,7 +22,7 @@ from shipyard.protocol.errors import InvalidInput, ModelFailed, NotReady
 from shipyard.protocol.http_codec import classify, new_request_id
 from shipyard.protocol.infer import InferRequest, InferResult
 from shipyard.runtimes.base import QUEUE_NS, Model
-from shipyard.server.repository import ModelRepository, ModelState
+from shipyard.server.repository import UNLOADED, ModelRepository, ModelState
 
 SERVER_NAME = "shipyard"
 V1_INPUT = "input-0"
@@ -47,7 +47,8 @@ class DataPlane:
 
     def ready(self) -> dict[str, Any]:
         if not self.repository.all_ready():
-            waiting = [e.model.name for e in self.repository.entries() if e.state is not ModelState.READY]
+            waiting = [e.model.name for e in self.repository.entries()
+                       if e.state is not ModelState.READY and e.reason != UNLOADED]
             raise NotReady(f"server is not ready; models not ready: {', '.join(waiting) or 'none loaded'}")
         return {"ready": True}
 

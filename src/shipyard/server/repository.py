@@ -21,6 +21,9 @@ log = logging.getLogger("shipyard.server")
 SourceResolver = Callable[[str, "Path | None"], ModelSource]
 
 
+UNLOADED = "unloaded"
+
+
 class ModelState(str, Enum):
     LOADING = "LOADING"
     READY = "READY"
@@ -105,7 +108,7 @@ class ModelRepository:
         async with self._locks.setdefault(name, asyncio.Lock()):
             entry = self.entry(name)
             entry.model.unload()
-            entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"
+            entry.state, entry.reason = ModelState.UNAVAILABLE, UNLOADED
 
     def unload_all(self) -> None:
         for entry in self._entries.values():
@@ -128,7 +131,8 @@ class ModelRepository:
         return rows
 
     def all_ready(self) -> bool:
-        return all(e.state is ModelState.READY for e in self._entries.values())
+        """Every model ready, not counting ones unloaded on purpose (as Triton's readiness does)."""
+        return all(e.state is ModelState.READY or e.reason == UNLOADED for e in self._entries.values())
 
     def entry(self, name: str, version: str | None = None) -> ModelEntry:
         """The entry for ``name`` (and ``version`` if given), or NotFound naming what exists."""
@@ -144,8 +148,9 @@ class ModelRepository:
         """A ready model's entry, or NotFound / NotReady."""
         entry = self.entry(name, version)
         if entry.state is not ModelState.READY:
-            if entry.reason == "unloaded":
-                raise NotReady(f"model '{name}' is unloaded; load it with POST /v2/repository/models/{name}/load")
+            if entry.reason == UNLOADED:
+                raise NotReady(f"model '{name}' is unloaded; load it through the repository API "
+                               f"(REST POST /v2/repository/models/{name}/load, gRPC RepositoryModelLoad)")
             detail = f": {entry.reason}" if entry.reason else " (still loading)"
             raise NotReady(f"model '{name}' is not ready{detail}")
         return entry

@@ -79,7 +79,7 @@ class RestApp:
     async def __call__(self, request: Request) -> Response:
         response = await self._dispatch(request)
         encoding = compression.pick_encoding(request.headers.get("accept-encoding", ""))
-        if encoding and response.body:
+        if encoding and response.body and response.status < 300:  # errors stay readable, as Triton's
             response.body = compression.compress(response.body, encoding)
             response.headers.append(("content-encoding", encoding))
         return response
@@ -217,6 +217,6 @@ class RestApp:
 def _header_length(value: str | None) -> int | None:
     if value is None:
         return None
-    if not value.strip().isdigit():
+    if not (value.strip().isascii() and value.strip().isdigit()):
         raise InvalidInput(f"Inference-Header-Content-Length must be a non-negative integer, got '{value}'")
     return int(value)
