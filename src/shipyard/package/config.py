@@ -17,6 +17,14 @@ class PackageError(ValueError):
     """A package or its config is invalid; the message names the key and what was expected."""
 
 
+class TensorConfig(msgspec.Struct, forbid_unknown_fields=True):
+    """One declared input or output: ``{name, datatype, shape}`` (-1 for a variable dimension)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
 class PackageConfig(msgspec.Struct, kw_only=True):
     name: str | None = None
     format: str | None = None
@@ -26,6 +34,19 @@ class PackageConfig(msgspec.Struct, kw_only=True):
     predict_proba: bool = False
     #: How many predicts of this model may run at once (custom models).
     concurrency: int = 1
+    #: Library threads for one predict (ONNX Runtime intra-op, torch).
+    threads: int | None = None
+    #: The model's signature, for formats that do not record it (TorchScript).
+    inputs: list[TensorConfig] | None = None
+    outputs: list[TensorConfig] | None = None
+    #: Hugging Face: pipeline task, embedding normalisation, arguments passed on every call.
+    task: str | None = None
+    normalize: bool = False
+    pipeline_kwargs: dict[str, Any] | None = None
+    #: R: predict(type=), input column names, packages to load first.
+    type: str | None = None
+    columns: list[str] | None = None
+    packages: list[str] | None = None
 
 
 KNOWN_KEYS = frozenset(PackageConfig.__struct_fields__)

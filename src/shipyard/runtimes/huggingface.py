@@ -13,6 +13,7 @@ Package config keys: ``task``, ``normalize`` (sentence-transformers), ``threads`
 
 from __future__ import annotations
 
+import importlib
 import json
 from pathlib import Path
 from typing import Any
@@ -50,10 +51,11 @@ FALLBACK_TASK = "feature-extraction"
 def import_library(name: str) -> Any:
     """Import ``transformers`` or ``sentence_transformers``, or say how to install them."""
     try:
-        return __import__(name)
+        return importlib.import_module(name)
     except ModuleNotFoundError:
         raise RuntimeError(
-            f"serving Hugging Face models needs {name.replace('_', '-')} and torch: {INSTALL_HINT}"
+            f"serving Hugging Face models needs the Python package '{name.replace('_', '-')}', "
+            f"which is not installed: {INSTALL_HINT}"
         ) from None
 
 
@@ -134,7 +136,8 @@ def texts_of(array: np.ndarray) -> list[str]:
             except UnicodeDecodeError:
                 raise InvalidInput(f"input '{TEXT_INPUT}': element {index} is not valid UTF-8 text") from None
         if not isinstance(item, str):
-            raise InvalidInput(f"input '{TEXT_INPUT}': expected text strings, got {type(item).__name__} at element {index}")
+            kind = type(item).__name__
+            raise InvalidInput(f"input '{TEXT_INPUT}': expected text strings, got {kind} at element {index}")
         texts.append(item)
     return texts
 
@@ -184,7 +187,9 @@ class HuggingFaceModel(Model):
         self._normalize = _bool_key(config, "normalize", self.name)
         kwargs = config.get("pipeline_kwargs") or {}
         if not isinstance(kwargs, dict):
-            raise ValueError(f"model '{self.name}': shipyard.yaml key 'pipeline_kwargs' must be a mapping, got {kwargs!r}")
+            raise ValueError(
+                f"model '{self.name}': shipyard.yaml key 'pipeline_kwargs' must be a mapping, got {kwargs!r}"
+            )
         self._call_kwargs = dict(kwargs)
         self.inputs = [TensorSpec(TEXT_INPUT, "BYTES", (-1,))]
         if is_sentence_transformers(folder) and config.get("task") is None:
@@ -199,8 +204,9 @@ class HuggingFaceModel(Model):
         _quiet_progress_bars()
         self._encoder = module.SentenceTransformer(str(folder), device="cpu", local_files_only=True)
         self.task = "sentence-embedding"
-        measure = getattr(self._encoder, "get_embedding_dimension", None) or self._encoder.get_sentence_embedding_dimension
-        dimension = measure()
+        encoder = self._encoder
+        measure = getattr(encoder, "get_embedding_dimension", None) or encoder.get_sentence_embedding_dimension
+        dimension = measure()  # the older name is deprecated in recent sentence-transformers
         self.outputs = [TensorSpec("embedding", "FP32", (-1, int(dimension) if dimension else -1))]
 
     def _load_pipeline(self, folder: Path, task: Any) -> None:
@@ -209,7 +215,9 @@ class HuggingFaceModel(Model):
         supported, aliases = supported_tasks()
         config_file = folder / "config.json"
         if not config_file.is_file():
-            raise ValueError(f"{folder} has no config.json; expected a transformers model folder (save_pretrained output)")
+            raise ValueError(
+                f"{folder} has no config.json; expected a transformers model folder (what save_pretrained writes)"
+            )
         model_config = json.loads(config_file.read_text())
         if task is None:
             task = infer_task(folder, model_config, supported)

@@ -101,20 +101,29 @@ enc_outputs <- function(result) {
   body
 }
 send <- function(reply) {
-  send(reply)
+  writeBin(c(MAGIC, reply), con_out)
+  flush(con_out)
 }
 
 # -- the model ----------------------------------------------------------------------------------
 safely <- function(expr) tryCatch(expr, error = function(e) NULL)
 
+has_predict <- function(model, cls) {
+  !is.null(utils::getS3method("predict", cls, optional = TRUE)) ||
+    (isS4(model) && methods::existsMethod("predict", cls))
+}
+
+# A model read from .rds does not load the package that defines its predict() method: load the
+# S4 class's package, or a package named like one of its S3 classes (rpart, randomForest, ...).
 load_predict_method <- function(model) {
-  package <- attr(class(model), "package")  # S4 classes name their package
+  package <- attr(class(model), "package")
   if (!is.null(package)) requireNamespace(package, quietly = TRUE)
   for (cls in class(model)) {
-    if (!is.null(utils::getS3method("predict", cls, optional = TRUE))) return(invisible())
-    if (suppressWarnings(requireNamespace(cls, quietly = TRUE)) &&
-        !is.null(utils::getS3method("predict", cls, optional = TRUE))) return(invisible())
+    if (has_predict(model, cls)) return(invisible())
+    if (suppressWarnings(requireNamespace(cls, quietly = TRUE)) && has_predict(model, cls)) return(invisible())
   }
+  stop(sprintf("R has no predict() method for a '%s'; name the package that defines it under 'packages'",
+               class(model)[1]))
 }
 
 model_columns <- function(model) {
@@ -182,7 +191,8 @@ handle_load <- function() {
   state$type <- type
   state$columns <- columns
   state$classes <- column_classes(model, columns)
-  probed <- tryCatch(list(result = probe(), error = ""), error = function(e) list(result = NULL, error = conditionMessage(e)))
+  probed <- tryCatch(list(result = probe(), error = ""),
+                     error = function(e) list(result = NULL, error = conditionMessage(e)))
   outputs <- if (is.null(probed$result)) enc_int(0L) else enc_outputs(probed$result)
   c(enc_strings(columns), enc_strings(state$classes), enc_string(paste(class(model), collapse = "/")),
     enc_string(probed$error), outputs)
@@ -194,7 +204,8 @@ handle_predict <- function() {
   columns <- lapply(seq_len(ncol), function(i) read_column(nrow))
   if (is.null(state$model)) stop("no model is loaded")
   if (ncol != length(state$columns)) {
-    stop(sprintf("expected %d columns (%s), got %d", length(state$columns), paste(state$columns, collapse = ", "), ncol))
+    stop(sprintf("expected %d columns (%s), got %d",
+                 length(state$columns), paste(state$columns, collapse = ", "), ncol))
   }
   enc_outputs(run_predict(make_frame(columns, nrow)))
 }
