@@ -12,6 +12,7 @@ import typer
 from shipyard.cli.errors import fail, warn
 from shipyard.package.repository import RepositoryFolder, make_resolver
 from shipyard.package.source import model_source
+from shipyard.server.batching import BatchPolicy
 from shipyard.server.runner import DEFAULT_MAX_REQUEST_SIZE, ServeOptions
 from shipyard.server.runner import serve as run_server
 
@@ -54,6 +55,16 @@ def serve(
     max_request_size: str = typer.Option(
         f"{DEFAULT_MAX_REQUEST_SIZE // 1024**2}MiB", help="Largest request body accepted; bigger ones get 413."
     ),
+    max_batch_size: int = typer.Option(
+        64, "--max-batch-size", help="Rows of concurrent requests merged into one predict (1 turns batching off); "
+        "a package's max_batch_size overrides it. Applies to scikit-learn, XGBoost, LightGBM and ONNX models, "
+        "and to others whose package sets max_batch_size.",
+    ),
+    max_latency_ms: float = typer.Option(
+        0.0, "--max-latency-ms", help="How long a request may wait for company while another batch runs "
+        "(a lone request on an idle model never waits).",
+    ),
+    max_queue: int = typer.Option(2048, "--max-queue", help="Requests queued per model before 503 + Retry-After."),
     log_level: str = typer.Option("warning", help="debug, info, warning or error."),
 ) -> None:
     """Serve models over the Open Inference Protocol (V2) and KServe V1 REST.
@@ -77,6 +88,8 @@ def serve(
     for flag, port in (("--http-port", http_port), ("--grpc-port", grpc_port)):
         if not 0 <= port <= 65535:
             fail(f"{flag} must be between 0 and 65535, got {port}")
+    if max_batch_size < 1 or max_queue < 1 or max_latency_ms < 0:
+        fail("--max-batch-size and --max-queue must be at least 1, and --max-latency-ms at least 0")
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         fail(f"--log-level must be debug, info, warning or error, got '{log_level}'")
@@ -111,5 +124,6 @@ def serve(
         max_request_size=parse_size(max_request_size),
         resolver=make_resolver(folder),
         repository_location=str(folder.path) if folder else "",
+        batching=BatchPolicy(max_batch_size, max_latency_ms, max_queue),
     )
     raise typer.Exit(run_server(sources, options))

@@ -34,6 +34,10 @@ class PackageConfig(msgspec.Struct, kw_only=True):
     predict_proba: bool = False
     #: How many predicts of this model may run at once (custom models).
     concurrency: int = 1
+    #: Adaptive batching (see `shipyard serve --help`); setting max_batch_size turns it on for any format.
+    max_batch_size: int | None = None
+    max_latency_ms: float | None = None
+    max_queue: int | None = None
     #: Library threads for one predict (ONNX Runtime intra-op, torch).
     threads: int | None = None
     #: The model's signature, for formats that do not record it (TorchScript).
@@ -80,6 +84,9 @@ def read_config(folder: Path) -> tuple[PackageConfig, dict[str, Any], list[str]]
     warnings = [f"{path}: key '{key}' is not used by this version of Shipyard" for key in raw if key not in KNOWN_KEYS]
     if config.name is not None:
         check_name(config.name, str(path))
+    for key in ("max_batch_size", "max_queue"):
+        if getattr(config, key) is not None and getattr(config, key) < 1:
+            raise PackageError(f"{path}: '{key}' must be at least 1, got {getattr(config, key)}")
     if config.concurrency < 1:
         raise PackageError(f"{path}: 'concurrency' must be at least 1, got {config.concurrency}")
     return config, raw, warnings

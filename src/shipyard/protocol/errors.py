@@ -43,6 +43,12 @@ class NotReady(InferenceError):
     status = 503
 
 
+class Overloaded(NotReady):
+    """The model's queue is full (HTTP 503 with Retry-After)."""
+
+    retry_after_seconds = 1
+
+
 class ModelFailed(InferenceError):
     """The model's own code raised (HTTP 500)."""
 

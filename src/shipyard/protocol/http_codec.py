@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import uuid
 from typing import Protocol, Sequence
 
@@ -88,9 +89,13 @@ def encode_rest_response(request: InferRequest, result: InferResult) -> tuple[by
     return header + b"".join(blobs), len(header)
 
 
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_id_counter = itertools.count(1)
+
+
 def new_request_id(request_id: str | None) -> str:
-    """Echo the client's id, or make one (KServe's clients expect an id in every response)."""
-    return request_id if request_id else str(uuid.uuid4())
+    """Echo the client's id, or make one unique to this process (KServe's clients expect an id)."""
+    return request_id if request_id else f"{_ID_PREFIX}-{next(_id_counter)}"
 
 
 def classify(name: str, array: np.ndarray, count: int) -> np.ndarray:

@@ -23,12 +23,31 @@ from shipyard.protocol.errors import InferenceError, InvalidInput, ModelFailed
 
 Tensors = dict[str, np.ndarray]
 
-#: Nanoseconds the current request's predict calls waited for a free model thread.
-QUEUE_NS: ContextVar[int] = ContextVar("shipyard_queue_ns", default=0)
+@dataclass
+class Execution:
+    """How one request was executed: time spent queued, and the model execution it ran in."""
+
+    #: Nanoseconds waiting for a batch slot or a free model thread.
+    queue_ns: int = 0
+    #: Rows in the model execution (batch) this request ran in; 0 when it ran alone.
+    batch_rows: int = 0
+    #: False for all but one request of a merged batch, so an execution is counted once.
+    counted: bool = True
 
 
-def _timed(function: Any, *args: Any) -> tuple[int, Any]:
-    return time.perf_counter_ns(), function(*args)
+#: The current request's Execution record (mutable, so a batch task can fill it in).
+EXECUTION: ContextVar[Execution] = ContextVar("shipyard_execution")
+
+
+#: A runtime that allows it runs predict on the event loop itself (no thread hop, which costs more
+#: than a small model's predict) while its predicts average under this many nanoseconds.
+INLINE_BUDGET_NS = 1_000_000
+
+
+def _timed(function: Any, *args: Any) -> tuple[int, int, Any]:
+    started = time.perf_counter_ns()
+    result = function(*args)
+    return started, time.perf_counter_ns(), result
 
 
 @dataclass(frozen=True)
@@ -68,6 +87,12 @@ class Model:
     format: ClassVar[str] = ""
     #: How many predicts may run at once; most libraries are safe at 1 per model.
     max_concurrency: int = 1
+    #: Whether rows of concurrent requests may be merged into one predict without asking:
+    #: true for runtimes whose predict is row-independent (estimators, ONNX, torch.export).
+    batchable: ClassVar[bool] = False
+    #: Whether predict may run on the event loop when it is fast (built-in runtimes whose cost is
+    #: bounded by the batch size); user code always runs in the thread pool.
+    inline_when_fast: ClassVar[bool] = False
 
     def __init__(self, source: ModelSource) -> None:
         self.source = source
@@ -77,6 +102,8 @@ class Model:
         self.outputs: list[TensorSpec] = []
         self.default_outputs: list[str] = []
         self._executor: ThreadPoolExecutor | None = None
+        #: Moving average of predict time; None until the first predict.
+        self.predict_ns: float | None = None
 
     @property
     def platform(self) -> str:
@@ -102,24 +129,45 @@ class Model:
             self._executor = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix=f"model-{self.name}")
         return self._executor
 
+    def _observe(self, started: int, finished: int) -> None:
+        spent = finished - started
+        self.predict_ns = spent if self.predict_ns is None else 0.8 * self.predict_ns + 0.2 * spent
+
+    def runs_inline(self) -> bool:
+        """Whether the next predict runs on the event loop (fast built-in models only)."""
+        return self.inline_when_fast and self.predict_ns is not None and self.predict_ns < INLINE_BUDGET_NS
+
     async def run_sync(self, function: Any, *args: Any) -> Any:
-        """Run ``function(*args)`` in the model's thread pool, turning its crashes into ModelFailed."""
-        loop = asyncio.get_running_loop()
-        submitted = time.perf_counter_ns()
+        """Run ``function(*args)`` (inline when fast, else in the model's thread pool); its crashes become
+        ModelFailed."""
         try:
-            started, result = await loop.run_in_executor(self.executor, _timed, function, *args)
-            QUEUE_NS.set(QUEUE_NS.get() + started - submitted)
-            return result
+            if self.runs_inline():
+                started, finished, result = _timed(function, *args)
+            else:
+                loop = asyncio.get_running_loop()
+                submitted = time.perf_counter_ns()
+                started, finished, result = await loop.run_in_executor(self.executor, _timed, function, *args)
+                execution = EXECUTION.get(None)
+                if execution is not None:
+                    execution.queue_ns += started - submitted
         except InferenceError:
             raise
         except Exception as exc:  # the model's own code failed
             raise ModelFailed.from_exception(self.name, exc) from exc
+        self._observe(started, finished)
+        return result
+
+    def check(self, inputs: Tensors) -> Tensors:
+        """Match request tensors to the model's inputs (names, datatypes, shapes); raise InvalidInput."""
+        return check_inputs(self.name, self.inputs, inputs)
+
+    async def run(self, inputs: Tensors, outputs: list[str], parameters: dict[str, Any]) -> Tensors:
+        """Predict already-checked inputs (the batcher calls this with merged batches)."""
+        return await self.run_sync(self.predict, inputs, outputs, parameters)
 
     async def infer(self, inputs: Tensors, outputs: list[str] | None, parameters: dict[str, Any]) -> Tensors:
-        """Check inputs and outputs against the model's signature, then predict off the event loop."""
-        checked = check_inputs(self.name, self.inputs, inputs)
-        selected = self.select_outputs(outputs, parameters)
-        return await self.run_sync(self.predict, checked, selected, parameters)
+        """Check inputs and outputs against the model's signature, then predict."""
+        return await self.run(self.check(inputs), self.select_outputs(outputs, parameters), parameters)
 
     def select_outputs(self, requested: list[str] | None, parameters: dict[str, Any]) -> list[str]:
         """Validate requested output names; fall back to ``default_outputs``."""

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import numpy as np
 
 from shipyard.protocol.errors import InferenceError, InvalidInput, ModelFailed
-from shipyard.runtimes.base import Model, ModelSource, TensorSpec, Tensors, check_inputs
+from shipyard.runtimes.base import Model, ModelSource, TensorSpec, Tensors
 
 ENTRY_FILE = "model.py"
 DEFAULT_OUTPUT = "output-0"
@@ -132,10 +132,9 @@ class CustomModel(Model):
                 raise ModelFailed.from_exception(self.name, exc) from exc
         return await self.run_sync(method, *args)
 
-    async def infer(self, inputs: Tensors, outputs: list[str] | None, parameters: dict[str, Any]) -> Tensors:
-        checked = check_inputs(self.name, self.inputs, inputs)
-        selected = self.select_outputs(outputs, parameters)
-        value = await self._call("preprocess", checked, parameters)
+    async def run(self, inputs: Tensors, outputs: list[str], parameters: dict[str, Any]) -> Tensors:
+        selected = outputs
+        value = await self._call("preprocess", inputs, parameters)
         value = await self._call("predict", value, parameters)
         value = await self._call("postprocess", value, parameters)
         try:

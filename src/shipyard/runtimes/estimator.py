@@ -28,6 +28,8 @@ class EstimatorModel(Model):
     """Serves an in-memory estimator; subclasses say how the artifact becomes one."""
 
     format = "sklearn"
+    batchable = True
+    inline_when_fast = True
 
     def __init__(self, source) -> None:  # type: ignore[no-untyped-def]
         super().__init__(source)

@@ -88,6 +88,8 @@ class ONNXModel(Model):
     """Runs an ONNX graph with ONNX Runtime's CPU execution provider."""
 
     format = "onnx"
+    batchable = True
+    inline_when_fast = True
 
     def __init__(self, source: ModelSource) -> None:
         super().__init__(source)
@@ -135,10 +137,8 @@ class ONNXModel(Model):
             raise ValueError(f"{path}: the graph has no tensor outputs to serve")
         self.default_outputs = [spec.name for spec in self.outputs]
 
-    async def infer(self, inputs: Tensors, outputs: list[str] | None, parameters: dict[str, Any]) -> Tensors:
-        checked = check_request(self.name, self.inputs, inputs, self._any_shape)
-        selected = self.select_outputs(outputs, parameters)
-        return await self.run_sync(self.predict, checked, selected, parameters)
+    def check(self, inputs: Tensors) -> Tensors:
+        return check_request(self.name, self.inputs, inputs, self._any_shape)
 
     def predict(self, inputs: Tensors, outputs: list[str], parameters: dict[str, Any]) -> Tensors:
         """Run the session and fetch just the requested ``outputs``.

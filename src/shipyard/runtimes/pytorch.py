@@ -311,12 +311,15 @@ class PyTorchModel(CustomModel):
             return list(requested or [])  # [] means every output the model returns
         return super().select_outputs(requested, parameters)
 
-    async def infer(self, inputs: Tensors, outputs: list[str] | None, parameters: dict[str, Any]) -> Tensors:
+    def check(self, inputs: Tensors) -> Tensors:
         if self.kind == "eager":
-            return await super().infer(inputs, outputs, parameters)
-        checked = check_request(self.name, self.inputs, inputs, self._any_shape)
-        selected = self.select_outputs(outputs, parameters)
-        return await self.run_sync(self.predict, checked, selected, parameters)
+            return super().check(inputs)
+        return check_request(self.name, self.inputs, inputs, self._any_shape)
+
+    async def run(self, inputs: Tensors, outputs: list[str], parameters: dict[str, Any]) -> Tensors:
+        if self.kind == "eager":
+            return await super().run(inputs, outputs, parameters)
+        return await self.run_sync(self.predict, inputs, outputs, parameters)
 
     def predict(self, inputs: Tensors, outputs: list[str], parameters: dict[str, Any]) -> Tensors:
         """Run the module on the inputs in signature order; return the requested (or all) outputs."""

@@ -21,7 +21,7 @@ from shipyard.protocol import v1
 from shipyard.protocol.errors import InvalidInput, ModelFailed, NotReady
 from shipyard.protocol.http_codec import classify, new_request_id
 from shipyard.protocol.infer import InferRequest, InferResult
-from shipyard.runtimes.base import QUEUE_NS, Model
+from shipyard.runtimes.base import EXECUTION, Execution, Model
 from shipyard.server.repository import UNLOADED, ModelRepository, ModelState
 
 SERVER_NAME = "shipyard"
@@ -93,22 +93,26 @@ class DataPlane:
         """Decode, predict and encode one request with the transport's codec, timing each step."""
         entry = self.repository.ready_entry(name, version)
         model, stats = entry.model, entry.stats
+        run = entry.batcher.infer if entry.batcher is not None else model.infer
+        execution = Execution()
+        EXECUTION.set(execution)
         started = time.perf_counter_ns()
         try:
             request = decode(model)
             decoded = time.perf_counter_ns()
-            QUEUE_NS.set(0)
-            outputs = await model.infer(request.inputs, request.output_names(), request.parameters)
+            outputs = await run(request.inputs, request.output_names(), request.parameters)
             predicted = time.perf_counter_ns()
-            queue_ns = QUEUE_NS.get()
             result = InferResult(model.name, model.version, new_request_id(request.id), _apply_output_options(request, outputs))
             encoded = encode(request, result)
         except Exception:
             stats.record_failure(time.perf_counter_ns() - started)
             raise
         finished = time.perf_counter_ns()
-        stats.record_success(request.batch_size(), decoded - started, queue_ns, predicted - decoded - queue_ns,
-                             finished - predicted)
+        rows = request.batch_size()
+        stats.record_success(
+            rows, execution.batch_rows or rows, execution.counted, decoded - started, execution.queue_ns,
+            predicted - decoded - execution.queue_ns, finished - predicted,
+        )
         return encoded
 
     async def predict_v1(self, name: str, body: bytes) -> bytes:

@@ -12,6 +12,7 @@ from typing import Any, Callable
 from shipyard.protocol.errors import InvalidInput, NotFound, NotReady
 from shipyard.runtimes import ModelSource, create_model
 from shipyard.runtimes.base import Model
+from shipyard.server.batching import Batcher, BatchPolicy, batcher_for
 from shipyard.server.stats import ModelStats
 
 log = logging.getLogger("shipyard.server")
@@ -35,6 +36,7 @@ class ModelEntry:
     model: Model
     state: ModelState = ModelState.LOADING
     reason: str = ""
+    batcher: Batcher | None = None
     stats: ModelStats = field(init=False)
 
     def __post_init__(self) -> None:
@@ -44,8 +46,10 @@ class ModelEntry:
 class ModelRepository:
     """Name -> model. Loading runs in a thread so the server answers health checks meanwhile."""
 
-    def __init__(self, resolver: SourceResolver | None = None, location: str = "") -> None:
+    def __init__(self, resolver: SourceResolver | None = None, location: str = "",
+                 batching: BatchPolicy | None = None) -> None:
         self._entries: dict[str, ModelEntry] = {}
+        self.batching = batching or BatchPolicy()
         self._locks: dict[str, asyncio.Lock] = {}
         self.resolver = resolver
         #: Where models can be loaded from by name (shown in messages), if anywhere.
@@ -66,6 +70,7 @@ class ModelRepository:
             entry.state, entry.reason = ModelState.UNAVAILABLE, f"{type(exc).__name__}: {exc}"
             log.debug("model %s failed to load", entry.model.name, exc_info=True)
         else:
+            entry.batcher = batcher_for(entry.model, self.batching)
             entry.state, entry.reason = ModelState.READY, ""
         return entry
 

@@ -13,7 +13,7 @@ from urllib.parse import unquote
 
 import msgspec
 
-from shipyard.protocol.errors import InferenceError, InvalidInput, MethodNotAllowed, NotFound
+from shipyard.protocol.errors import InferenceError, InvalidInput, MethodNotAllowed, NotFound, Overloaded
 from shipyard.protocol.http_codec import HEADER_LENGTH, decode_rest_request, encode_rest_response
 from shipyard.protocol.v2 import encode
 from shipyard.runtimes.base import Model
@@ -78,7 +78,8 @@ class RestApp:
 
     async def __call__(self, request: Request) -> Response:
         response = await self._dispatch(request)
-        encoding = compression.pick_encoding(request.headers.get("accept-encoding", ""))
+        accepted = request.headers.get("accept-encoding")
+        encoding = compression.pick_encoding(accepted) if accepted else None
         if encoding and response.body and response.status < 300:  # errors stay readable, as Triton's
             response.body = compression.compress(response.body, encoding)
             response.headers.append(("content-encoding", encoding))
@@ -97,14 +98,19 @@ class RestApp:
         except InferenceError as exc:
             if exc.status == 500:
                 log.warning("%s %s -> %d: %s", request.method, request.path, exc.status, exc.message)
-            return error_response(exc.status, exc.message)
+            response = error_response(exc.status, exc.message)
+            if isinstance(exc, Overloaded):
+                response.headers.append(("retry-after", str(exc.retry_after_seconds)))
+            return response
         except Exception as exc:  # a bug of ours: say so, keep serving
             log.exception("unhandled error on %s %s", request.method, request.path)
             return error_response(500, f"internal server error: {type(exc).__name__}: {exc}")
 
     def route(self, path: str) -> tuple[dict[str, Handler], tuple[Any, ...]]:
         """Map a path to its handlers by method, and the arguments taken from the path."""
-        segments = [unquote(part) for part in path.strip("/").split("/")]
+        segments = path.strip("/").split("/")
+        if "%" in path:
+            segments = [unquote(part) for part in segments]
         match segments:
             case [""]:
                 return {"GET": self.root}, ()

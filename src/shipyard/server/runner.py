@@ -7,10 +7,11 @@ import errno
 import logging
 import signal
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shipyard import __version__
 from shipyard.runtimes import ModelSource, create_model
+from shipyard.server.batching import BatchPolicy
 from shipyard.server.dataplane import DataPlane
 from shipyard.server.http import HttpServer
 from shipyard.server.repository import ModelRepository, ModelState, SourceResolver
@@ -32,6 +33,7 @@ class ServeOptions:
     #: Loads models by name for the repository extension (``--model-repository``).
     resolver: SourceResolver | None = None
     repository_location: str = ""
+    batching: BatchPolicy = field(default_factory=BatchPolicy)
 
 
 class StartupError(RuntimeError):
@@ -61,7 +63,7 @@ def serve(sources: list[ModelSource], options: ServeOptions) -> int:
 
 
 async def _serve(sources: list[ModelSource], options: ServeOptions) -> int:
-    repository = ModelRepository(options.resolver, options.repository_location)
+    repository = ModelRepository(options.resolver, options.repository_location, options.batching)
     for source in sources:
         repository.add(create_model(source))
     dataplane = DataPlane(repository)

@@ -46,19 +46,23 @@ class ModelStats:
     compute_output: Duration = field(default_factory=Duration)
     batches: dict[int, BatchStats] = field(default_factory=dict)
 
-    def record_success(self, batch_size: int, input_ns: int, queue_ns: int, infer_ns: int, output_ns: int) -> None:
+    def record_success(self, rows: int, batch_rows: int, counted: bool, input_ns: int, queue_ns: int,
+                       infer_ns: int, output_ns: int) -> None:
+        """One successful request of ``rows`` rows that ran in a model execution of ``batch_rows``
+        rows; ``counted`` is false for the other requests merged into an execution already counted."""
         self.last_inference = int(time.time() * 1000)
-        self.inference_count += batch_size
-        self.execution_count += 1
+        self.inference_count += rows
         self.success.add(input_ns + queue_ns + infer_ns + output_ns)
         self.queue.add(queue_ns)
         self.compute_input.add(input_ns)
         self.compute_infer.add(infer_ns)
         self.compute_output.add(output_ns)
-        batch = self.batches.setdefault(batch_size, BatchStats())
-        batch.compute_input.add(input_ns)
-        batch.compute_infer.add(infer_ns)
-        batch.compute_output.add(output_ns)
+        if counted:
+            self.execution_count += 1
+            batch = self.batches.setdefault(batch_rows, BatchStats())
+            batch.compute_input.add(input_ns)
+            batch.compute_infer.add(infer_ns)
+            batch.compute_output.add(output_ns)
 
     def record_failure(self, ns: int) -> None:
         self.last_inference = int(time.time() * 1000)
