@@ -26,6 +26,8 @@ class ServerProcess:
             command += ["--http-port", "0"]
         if "--grpc-port" not in command and "--no-grpc" not in command:
             command += ["--grpc-port", "0"]
+        if "--workers" not in command:  # one process unless a test is about workers
+            command += ["--workers", "1"]
         self.process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Optional
@@ -27,6 +28,14 @@ def parse_size(text: str) -> int:
     if not match or (match.group(2) or "").lower() not in _UNITS:
         raise typer.BadParameter(f"'{text}' is not a size; use bytes or a unit, e.g. 64MiB, 10MB, 1048576")
     return int(match.group(1)) * _UNITS[(match.group(2) or "").lower()]
+
+
+def default_workers() -> int:
+    """One worker per core this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def serve(
@@ -65,6 +74,10 @@ def serve(
         "(a lone request on an idle model never waits).",
     ),
     max_queue: int = typer.Option(2048, "--max-queue", help="Requests queued per model before 503 + Retry-After."),
+    workers: int = typer.Option(
+        default_workers(), "--workers", "-w", help="Worker processes serving the same ports (default: one per "
+        "core). scikit-learn, XGBoost and LightGBM models load once and are shared by every worker.",
+    ),
     log_level: str = typer.Option("warning", help="debug, info, warning or error."),
 ) -> None:
     """Serve models over the Open Inference Protocol (V2) and KServe V1 REST.
@@ -88,6 +101,8 @@ def serve(
     for flag, port in (("--http-port", http_port), ("--grpc-port", grpc_port)):
         if not 0 <= port <= 65535:
             fail(f"{flag} must be between 0 and 65535, got {port}")
+    if workers < 1:
+        fail(f"--workers must be at least 1, got {workers}")
     if max_batch_size < 1 or max_queue < 1 or max_latency_ms < 0:
         fail("--max-batch-size and --max-queue must be at least 1, and --max-latency-ms at least 0")
     level = getattr(logging, log_level.upper(), None)
@@ -125,5 +140,6 @@ def serve(
         resolver=make_resolver(folder),
         repository_location=str(folder.path) if folder else "",
         batching=BatchPolicy(max_batch_size, max_latency_ms, max_queue),
+        workers=workers,
     )
     raise typer.Exit(run_server(sources, options))

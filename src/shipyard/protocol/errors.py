@@ -12,6 +12,14 @@ class InferenceError(Exception):
         super().__init__(message)
         self.message = message
 
+    @staticmethod
+    def with_status(status: int, message: str) -> "InferenceError":
+        """The error class for an HTTP status (a sibling's answer passed on)."""
+        for cls in (InvalidInput, NotFound, MethodNotAllowed, PayloadTooLarge, NotReady):
+            if cls.status == status:
+                return cls(message)
+        return ModelFailed(message)
+
 
 class InvalidInput(InferenceError):
     """The request is malformed or does not fit the model (HTTP 400)."""

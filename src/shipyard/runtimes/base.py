@@ -93,6 +93,9 @@ class Model:
     #: Whether predict may run on the event loop when it is fast (built-in runtimes whose cost is
     #: bounded by the batch size); user code always runs in the thread pool.
     inline_when_fast: ClassVar[bool] = False
+    #: Whether a model loaded in one process still works in processes forked from it (no thread
+    #: pools created at load). Such models load once, before ``--workers`` fork, and share memory.
+    fork_safe: ClassVar[bool] = False
 
     def __init__(self, source: ModelSource) -> None:
         self.source = source

@@ -30,6 +30,7 @@ class EstimatorModel(Model):
     format = "sklearn"
     batchable = True
     inline_when_fast = True
+    fork_safe = True
 
     def __init__(self, source) -> None:  # type: ignore[no-untyped-def]
         super().__init__(source)

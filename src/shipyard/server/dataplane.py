@@ -18,11 +18,13 @@ import numpy as np
 
 from shipyard import __version__
 from shipyard.protocol import v1
-from shipyard.protocol.errors import InvalidInput, ModelFailed, NotReady
+from shipyard.protocol.errors import InferenceError, InvalidInput, ModelFailed, NotReady
 from shipyard.protocol.http_codec import classify, new_request_id
 from shipyard.protocol.infer import InferRequest, InferResult
 from shipyard.runtimes.base import EXECUTION, Execution, Model
+from shipyard.server.peers import Peers
 from shipyard.server.repository import UNLOADED, ModelRepository, ModelState
+from shipyard.server.stats import merge_model_stats
 
 SERVER_NAME = "shipyard"
 V1_INPUT = "input-0"
@@ -35,8 +37,10 @@ Encoded = TypeVar("Encoded")
 class DataPlane:
     """What every transport calls to answer a request."""
 
-    def __init__(self, repository: ModelRepository) -> None:
+    def __init__(self, repository: ModelRepository, peers: Peers | None = None) -> None:
         self.repository = repository
+        #: Sibling worker processes; global answers gather from them unless asked for local ones.
+        self.peers = peers or Peers()
 
     # -- health and metadata -------------------------------------------------------------
     def server_metadata(self) -> dict[str, Any]:
@@ -67,20 +71,43 @@ class DataPlane:
         return {"name": name, "ready": entry.state is ModelState.READY}
 
     # -- statistics and repository extensions ---------------------------------------------
-    def statistics(self, name: str | None = None, version: str | None = None) -> dict[str, Any]:
+    async def statistics(self, name: str | None = None, version: str | None = None,
+                         local: bool = False) -> dict[str, Any]:
+        """Statistics of one model (or all), summed over every worker process unless ``local``."""
         entries = [self.repository.entry(name, version)] if name else self.repository.entries()
-        return {"model_stats": [entry.stats.to_dict() for entry in entries]}
+        mine = [entry.stats.to_dict() for entry in entries]
+        if local or not self.peers:
+            return {"model_stats": mine}
+        target = f"/v2/models/{name}" + (f"/versions/{version}" if version else "") + "/stats" if name else \
+            "/v2/models/stats"
+        others = [body["model_stats"] for status, body in await self.peers.each("GET", target) if status == 200]
+        return {"model_stats": merge_model_stats([mine, *others])}
 
-    def repository_index(self, ready_only: bool = False) -> list[dict[str, Any]]:
-        return self.repository.index(ready_only)
+    async def repository_index(self, ready_only: bool = False, local: bool = False) -> list[dict[str, Any]]:
+        """Every model with its state; across workers a model is READY only where all are ready."""
+        rows = self.repository.index()
+        if not local and self.peers:
+            answers = await self.peers.each("POST", "/v2/repository/index", {})
+            rows = merge_index([rows, *(body for status, body in answers if status == 200)])
+        return [row for row in rows if row["state"] == ModelState.READY.value or not ready_only]
 
-    async def repository_load(self, name: str, parameters: dict[str, Any] | None = None) -> None:
-        """Load or reload ``name``; ``config`` and ``file:<path>`` parameters override the repository."""
+    async def repository_load(self, name: str, parameters: dict[str, Any] | None = None, local: bool = False) -> None:
+        """Load or reload ``name`` in every worker; ``config`` and ``file:<path>`` parameters override
+        the repository."""
         override = _write_override(name, parameters or {})
         await self.repository.load(name, override)
+        await self._tell_peers(local, f"/v2/repository/models/{name}/load", {"parameters": parameters or {}})
 
-    async def repository_unload(self, name: str) -> None:
+    async def repository_unload(self, name: str, local: bool = False) -> None:
         await self.repository.unload(name)
+        await self._tell_peers(local, f"/v2/repository/models/{name}/unload", {})
+
+    async def _tell_peers(self, local: bool, target: str, body: dict[str, Any]) -> None:
+        if local or not self.peers:
+            return
+        for status, answer in await self.peers.each("POST", target, body):
+            if status >= 400:
+                raise InferenceError.with_status(status, f"another worker process refused: {answer.get('error', answer)}")
 
     # -- inference ------------------------------------------------------------------------
     async def infer(
@@ -128,6 +155,17 @@ class DataPlane:
             return v1.encode_predictions(next(iter(result.outputs.values())))
 
         return await self.infer(name, None, decode, encode)
+
+
+def merge_index(groups: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per model from several workers' indexes: the first not-ready state wins."""
+    merged: dict[str, dict[str, Any]] = {}
+    for rows in groups:
+        for row in rows:
+            current = merged.setdefault(row["name"], row)
+            if current["state"] == ModelState.READY.value and row["state"] != ModelState.READY.value:
+                merged[row["name"]] = row
+    return list(merged.values())
 
 
 def _apply_output_options(request: InferRequest, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

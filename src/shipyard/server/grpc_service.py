@@ -91,13 +91,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
 
     async def ModelStatistics(self, request: Any, context: Any) -> Any:
         async def statistics() -> Any:
-            stats = self.dataplane.statistics(request.name or None, request.version or None)
+            stats = await self.dataplane.statistics(request.name or None, request.version or None)
             return pb.ModelStatisticsResponse(**stats)
 
         return await self._guard(context, statistics())
 
     async def RepositoryIndex(self, request: Any, context: Any) -> Any:
-        rows = self.dataplane.repository_index(request.ready)
+        rows = await self.dataplane.repository_index(request.ready)
         return pb.RepositoryIndexResponse(models=[pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows])
 
     async def RepositoryModelLoad(self, request: Any, context: Any) -> Any:
@@ -110,12 +110,14 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         return pb.RepositoryModelUnloadResponse()
 
 
-async def start_grpc_server(dataplane: DataPlane, host: str, port: int, max_message: int) -> tuple[grpc.aio.Server, int]:
-    """Start the gRPC server on the running loop; return it and its bound port."""
+async def start_grpc_server(dataplane: DataPlane, host: str, port: int, max_message: int,
+                            reuse_port: bool = False) -> tuple[grpc.aio.Server, int]:
+    """Start the gRPC server on the running loop; return it and its bound port. Worker processes
+    share one port with ``reuse_port``."""
     server = grpc.aio.server(options=[
         ("grpc.max_receive_message_length", max_message),
         ("grpc.max_send_message_length", -1),
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
     ])
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
     bound = server.add_insecure_port(f"{host}:{port}")

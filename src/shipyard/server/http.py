@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from collections import deque
 from http import HTTPStatus
@@ -238,18 +239,30 @@ class HttpServer:
         self.stopping = False
         self._server: asyncio.base_events.Server | None = None
 
-    async def start(self) -> None:
+    async def start(self, sock: socket.socket | None = None) -> None:
+        """Listen on host:port, or on an already bound socket (a worker's SO_REUSEPORT socket)."""
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(
-            lambda: HttpProtocol(self), self.host, self.port, reuse_address=True, backlog=2048
-        )
+        if sock is not None:
+            self._server = await loop.create_server(lambda: HttpProtocol(self), sock=sock, backlog=2048)
+        else:
+            self._server = await loop.create_server(
+                lambda: HttpProtocol(self), self.host, self.port, reuse_address=True, backlog=2048
+            )
         self.port = self._server.sockets[0].getsockname()[1]
+        self._extra: list[asyncio.base_events.Server] = []
+
+    async def start_unix(self, path: str) -> None:
+        """Also serve the same app on a unix socket (sibling workers reach each other there)."""
+        loop = asyncio.get_running_loop()
+        self._extra.append(await loop.create_unix_server(lambda: HttpProtocol(self), path))
 
     async def shutdown(self, timeout: float) -> int:
         """Stop accepting, let in-flight requests finish (up to ``timeout``); return connections cut."""
         self.stopping = True
         if self._server is not None:
             self._server.close()
+        for extra in getattr(self, "_extra", []):
+            extra.close()
         deadline = time.monotonic() + timeout
         while self.connections and time.monotonic() < deadline:
             for connection in list(self.connections):

@@ -67,16 +67,34 @@ class ModelRepository:
         try:
             await asyncio.get_running_loop().run_in_executor(None, entry.model.load)
         except Exception as exc:
-            entry.state, entry.reason = ModelState.UNAVAILABLE, f"{type(exc).__name__}: {exc}"
-            log.debug("model %s failed to load", entry.model.name, exc_info=True)
+            return self._loaded(entry, exc)
+        return self._loaded(entry)
+
+    def load_now(self, entry: ModelEntry) -> ModelEntry:
+        """Load in the calling thread (the multi-worker supervisor loads before it forks)."""
+        entry.state = ModelState.LOADING
+        try:
+            entry.model.load()
+        except Exception as exc:
+            return self._loaded(entry, exc)
+        return self._loaded(entry)
+
+    def _loaded(self, entry: ModelEntry, error: Exception | None = None) -> ModelEntry:
+        if error is not None:
+            entry.state, entry.reason = ModelState.UNAVAILABLE, f"{type(error).__name__}: {error}"
+            log.debug("model %s failed to load", entry.model.name, exc_info=error)
         else:
             entry.batcher = batcher_for(entry.model, self.batching)
             entry.state, entry.reason = ModelState.READY, ""
         return entry
 
     async def load_all(self) -> list[ModelEntry]:
-        """Load every model, one at a time: libraries imported from two threads at once can break."""
-        return [await self._load_entry(entry) for entry in list(self._entries.values())]
+        """Load every model not loaded yet, one at a time (libraries imported from two threads at
+        once can break)."""
+        return [
+            entry if entry.state is ModelState.READY else await self._load_entry(entry)
+            for entry in list(self._entries.values())
+        ]
 
     async def load(self, name: str, override: Path | None = None) -> ModelEntry:
         """The repository extension's load: (re)load ``name``; a failed reload keeps the old model serving."""

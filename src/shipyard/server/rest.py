@@ -20,6 +20,7 @@ from shipyard.runtimes.base import Model
 from shipyard.server import compression
 from shipyard.server.dataplane import DataPlane
 from shipyard.server.openapi import openapi_document
+from shipyard.server.peers import LOCAL_HEADER
 
 log = logging.getLogger("shipyard.server")
 
@@ -193,24 +194,24 @@ class RestApp:
         return json_response(openapi_document(self.dataplane.repository.names()))
 
     async def statistics(self, request: Request, name: str | None, version: str | None) -> Response:
-        return json_response(self.dataplane.statistics(name, version))
+        return json_response(await self.dataplane.statistics(name, version, LOCAL_HEADER in request.headers))
 
     async def repository_index(self, request: Request) -> Response:
         ready = _json_object(request.body, "repository index").get("ready", False)
         if not isinstance(ready, bool):
             raise InvalidInput(f"'ready' must be true or false, got {ready!r}")
-        return json_response(self.dataplane.repository_index(ready))
+        return json_response(await self.dataplane.repository_index(ready, LOCAL_HEADER in request.headers))
 
     async def repository_load(self, request: Request, name: str) -> Response:
         parameters = _json_object(request.body, "load").get("parameters") or {}
         if not isinstance(parameters, dict):
             raise InvalidInput("'parameters' must be a JSON object")
-        await self.dataplane.repository_load(name, parameters)
+        await self.dataplane.repository_load(name, parameters, LOCAL_HEADER in request.headers)
         return json_response({"name": name, "load": True})
 
     async def repository_unload(self, request: Request, name: str) -> Response:
         _json_object(request.body, "unload")
-        await self.dataplane.repository_unload(name)
+        await self.dataplane.repository_unload(name, LOCAL_HEADER in request.headers)
         return json_response({"name": name, "unload": True})
 
     async def predict_v1(self, request: Request, name: str) -> Response:

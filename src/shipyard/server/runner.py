@@ -1,4 +1,8 @@
-"""Run a model server process: load models, listen (REST and gRPC), print where, drain on signals."""
+"""Run a model server: load models, listen (REST and gRPC), print where, drain on signals.
+
+One process by default on a one-core machine; ``--workers N`` runs N worker processes on the same
+ports (see ``workers.py``). Both run the same ``run_worker`` coroutine.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import asyncio
 import errno
 import logging
 import signal
+import socket
 import sys
 from dataclasses import dataclass, field
 
@@ -14,7 +19,8 @@ from shipyard.runtimes import ModelSource, create_model
 from shipyard.server.batching import BatchPolicy
 from shipyard.server.dataplane import DataPlane
 from shipyard.server.http import HttpServer
-from shipyard.server.repository import ModelRepository, ModelState, SourceResolver
+from shipyard.server.peers import Peers
+from shipyard.server.repository import ModelEntry, ModelRepository, ModelState, SourceResolver
 from shipyard.server.rest import RestApp
 
 log = logging.getLogger("shipyard.server")
@@ -34,17 +40,28 @@ class ServeOptions:
     resolver: SourceResolver | None = None
     repository_location: str = ""
     batching: BatchPolicy = field(default_factory=BatchPolicy)
+    workers: int = 1
+
+
+@dataclass
+class WorkerSetup:
+    """What one worker process of a multi-worker server gets from its supervisor."""
+
+    index: int
+    http_socket: socket.socket
+    unix_socket: str
+    peers: Peers
 
 
 class StartupError(RuntimeError):
     """The server could not start (port in use, model failed to load)."""
 
 
-def _say(message: str) -> None:
+def say(message: str) -> None:
     print(message, flush=True)
 
 
-def _use_uvloop() -> None:
+def use_uvloop() -> None:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every platform we test
@@ -52,34 +69,65 @@ def _use_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def build_repository(sources: list[ModelSource], options: ServeOptions) -> ModelRepository:
+    repository = ModelRepository(options.resolver, options.repository_location, options.batching)
+    for source in sources:
+        repository.add(create_model(source))
+    return repository
+
+
 def serve(sources: list[ModelSource], options: ServeOptions) -> int:
     """Serve ``sources`` until SIGINT/SIGTERM; return the process exit code."""
-    _use_uvloop()
     try:
-        return asyncio.run(_serve(sources, options))
+        if options.workers > 1:
+            from shipyard.server.workers import serve_workers
+
+            return serve_workers(sources, options)
+        use_uvloop()
+        return asyncio.run(run_worker(build_repository(sources, options), options))
     except StartupError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
 
 
-async def _serve(sources: list[ModelSource], options: ServeOptions) -> int:
-    repository = ModelRepository(options.resolver, options.repository_location, options.batching)
-    for source in sources:
-        repository.add(create_model(source))
-    dataplane = DataPlane(repository)
+def report_loaded(entries: list[ModelEntry], base: str) -> bool:
+    """Print each model's URLs or load failure; True when every model loaded."""
+    ok = True
+    for entry in entries:
+        model = entry.model
+        if entry.state is ModelState.READY:
+            say(f"  model '{model.name}' ({model.format}, version {model.version}) ready")
+            say(f"    V2: POST {base}/v2/models/{model.name}/infer")
+            say(f"    V1: POST {base}/v1/models/{model.name}:predict")
+        else:
+            ok = False
+            print(f"error: model '{model.name}' failed to load: {entry.reason}", file=sys.stderr, flush=True)
+    return ok
+
+
+async def run_worker(repository: ModelRepository, options: ServeOptions, setup: WorkerSetup | None = None) -> int:
+    """Serve until a signal: listen, load what is not loaded yet, then drain. Returns the exit code.
+
+    A single-process server announces itself; in a multi-worker server the supervisor has done
+    that, and worker 0 reports the models that load in the workers.
+    """
+    dataplane = DataPlane(repository, setup.peers if setup else None)
     server = HttpServer(RestApp(dataplane, options.max_request_size), options.host, options.http_port,
                         options.max_request_size)
     try:
-        await server.start()
+        await server.start(setup.http_socket if setup else None)
+        if setup:
+            await server.start_unix(setup.unix_socket)
     except OSError as exc:
-        raise StartupError(_listen_error(exc, options.host, options.http_port, "--http-port")) from None
+        raise StartupError(listen_error(exc, options.host, options.http_port, "--http-port")) from None
     grpc_server = None
     if options.grpc_port is not None:
         from shipyard.server.grpc_service import start_grpc_server  # grpc only when asked for
 
         try:
-            grpc_server, grpc_port = await start_grpc_server(dataplane, options.host, options.grpc_port,
-                                                             options.max_request_size)
+            grpc_server, grpc_port = await start_grpc_server(
+                dataplane, options.host, options.grpc_port, options.max_request_size, reuse_port=setup is not None
+            )
         except (OSError, RuntimeError) as exc:
             await server.shutdown(0)
             raise StartupError(
@@ -93,27 +141,27 @@ async def _serve(sources: list[ModelSource], options: ServeOptions) -> int:
         loop.add_signal_handler(signum, stop.set)
 
     base = f"http://{options.host}:{server.port}"
-    if grpc_server is not None:  # printed first: tools wait for the "listening on http" line
-        _say(f"gRPC listening on {options.host}:{grpc_port}")
-    _say(f"Shipyard {__version__} listening on {base} (loading {len(sources)} model(s))")
+    pending = [entry for entry in repository.entries() if entry.state is not ModelState.READY]
+    if setup is None:
+        if grpc_server is not None:  # printed first: tools wait for the "listening on http" line
+            say(f"gRPC listening on {options.host}:{grpc_port}")
+        say(f"Shipyard {__version__} listening on {base} (loading {len(pending)} model(s))")
     loading = asyncio.ensure_future(repository.load_all())
     await asyncio.wait([loading, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     failed = False
     if loading.done():
-        for entry in loading.result():
-            model = entry.model
-            if entry.state is ModelState.READY:
-                _say(f"  model '{model.name}' ({model.format}, version {model.version}) ready")
-                _say(f"    V2: POST {base}/v2/models/{model.name}/infer")
-                _say(f"    V1: POST {base}/v1/models/{model.name}:predict")
-            else:
-                failed = True
-                print(f"error: model '{model.name}' failed to load: {entry.reason}", file=sys.stderr, flush=True)
+        loaded = [entry for entry in loading.result() if entry in pending]
+        if setup is None or setup.index == 0:
+            failed = not report_loaded(loaded, base)
+        else:
+            failed = any(entry.state is not ModelState.READY for entry in loaded)
         if not failed:
-            _say("Ready. Press Ctrl+C to stop.")
+            if setup is None:
+                say("Ready. Press Ctrl+C to stop.")
             await stop.wait()
 
-    _say("Stopping: finishing in-flight requests...")
+    if setup is None:
+        say("Stopping: finishing in-flight requests...")
     if grpc_server is not None:
         grpc_stop = asyncio.ensure_future(grpc_server.stop(options.drain_seconds))
     cut = await server.shutdown(options.drain_seconds)
@@ -123,11 +171,12 @@ async def _serve(sources: list[ModelSource], options: ServeOptions) -> int:
         log.warning("%d connection(s) still busy after %.0fs were closed", cut, options.drain_seconds)
     loading.cancel()
     repository.unload_all()
-    _say("Stopped.")
+    if setup is None:
+        say("Stopped.")
     return 1 if failed else 0
 
 
-def _listen_error(exc: OSError, host: str, port: int, flag: str) -> str:
+def listen_error(exc: OSError, host: str, port: int, flag: str) -> str:
     if exc.errno == errno.EADDRINUSE:
         return f"port {port} on {host} is already in use; pick another with {flag}"
     return f"cannot listen on {host}:{port}: {exc.strerror or exc}"

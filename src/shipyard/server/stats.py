@@ -97,3 +97,33 @@ class ModelStats:
             ],
             "memory_usage": [],
         }
+
+
+def _add_durations(target: dict[str, Any], source: dict[str, Any]) -> None:
+    for key, value in source.items():
+        if isinstance(value, dict) and "count" in value:
+            slot = target.setdefault(key, {"count": 0, "ns": 0})
+            slot["count"] += value["count"]
+            slot["ns"] += value["ns"]
+
+
+def merge_model_stats(groups: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Sum the statistics of the same models reported by several worker processes."""
+    merged: dict[tuple[str, str], dict[str, Any]] = {}
+    for group in groups:
+        for stats in group:
+            key = (stats["name"], stats["version"])
+            if key not in merged:
+                merged[key] = {**stats, "inference_stats": {}, "batch_stats": [], "inference_count": 0,
+                               "execution_count": 0, "last_inference": 0}
+            total = merged[key]
+            total["inference_count"] += stats["inference_count"]
+            total["execution_count"] += stats["execution_count"]
+            total["last_inference"] = max(total["last_inference"], stats["last_inference"])
+            _add_durations(total["inference_stats"], stats["inference_stats"])
+            batches = {entry["batch_size"]: entry for entry in total["batch_stats"]}
+            for entry in stats["batch_stats"]:
+                slot = batches.setdefault(entry["batch_size"], {"batch_size": entry["batch_size"]})
+                _add_durations(slot, entry)
+            total["batch_stats"] = sorted(batches.values(), key=lambda entry: entry["batch_size"])
+    return list(merged.values())
