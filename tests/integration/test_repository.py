@@ -64,9 +64,9 @@ def test_load_on_request_starts_empty_and_loads_by_name(start_server, repository
     url = server.url
     assert index(url) == {}
     assert httpx.get(f"{url}/v2/health/ready").status_code == 200
-    assert httpx.post(f"{url}/v2/models/iris/infer", json=BODY).status_code == 404
     assert httpx.post(f"{url}/v2/repository/models/iris/load").status_code == 200
     assert httpx.post(f"{url}/v2/models/iris/infer", json=BODY).status_code == 200
+    assert set(index(url)) == {"iris"}
     missing = httpx.post(f"{url}/v2/repository/models/nothing/load")
     assert missing.status_code == 404 and str(repository) in missing.json()["error"]
 

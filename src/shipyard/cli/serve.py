@@ -58,8 +58,8 @@ def serve(
         "and the repository API (/v2/repository/...) can load and unload them by name.", show_default=False,
     ),
     load_on_request: bool = typer.Option(
-        False, "--load-on-request", help="With --model-repository: start with no model loaded; load each with "
-        "POST /v2/repository/models/NAME/load (Triton's explicit mode).",
+        False, "--load-on-request", help="With --model-repository: start with no model loaded; each loads on its "
+        "first request (which waits for it) or with POST /v2/repository/models/NAME/load.",
     ),
     max_request_size: str = typer.Option(
         f"{DEFAULT_MAX_REQUEST_SIZE // 1024**2}MiB", help="Largest request body accepted; bigger ones get 413."
@@ -77,6 +77,10 @@ def serve(
     workers: int = typer.Option(
         default_workers(), "--workers", "-w", help="Worker processes serving the same ports (default: one per "
         "core). scikit-learn, XGBoost and LightGBM models load once and are shared by every worker.",
+    ),
+    memory_limit: Optional[str] = typer.Option(
+        None, "--memory-limit", help="Model memory each worker may hold (e.g. 2GiB); past it the least recently "
+        "used idle models are unloaded, and load again on their next request.", show_default=False,
     ),
     log_level: str = typer.Option("warning", help="debug, info, warning or error."),
 ) -> None:
@@ -141,5 +145,6 @@ def serve(
         repository_location=str(folder.path) if folder else "",
         batching=BatchPolicy(max_batch_size, max_latency_ms, max_queue),
         workers=workers,
+        memory_limit=parse_size(memory_limit) if memory_limit else None,
     )
     raise typer.Exit(run_server(sources, options))

@@ -24,6 +24,7 @@ from shipyard.protocol.infer import InferRequest, InferResult
 from shipyard.runtimes.base import EXECUTION, Execution, Model
 from shipyard.server.peers import Peers
 from shipyard.server.repository import UNLOADED, ModelRepository, ModelState
+from shipyard.server.metrics import merge_expositions
 from shipyard.server.stats import merge_model_stats
 
 SERVER_NAME = "shipyard"
@@ -41,6 +42,7 @@ class DataPlane:
         self.repository = repository
         #: Sibling worker processes; global answers gather from them unless asked for local ones.
         self.peers = peers or Peers()
+        self.metrics = repository.metrics
 
     # -- health and metadata -------------------------------------------------------------
     def server_metadata(self) -> dict[str, Any]:
@@ -110,19 +112,36 @@ class DataPlane:
                 raise InferenceError.with_status(status, f"another worker process refused: {answer.get('error', answer)}")
 
     # -- inference ------------------------------------------------------------------------
+    async def metrics_exposition(self, local: bool = False) -> bytes:
+        """Prometheus text for this worker, or summed over every worker."""
+        mine = self.metrics.render()
+        if local or not self.peers:
+            return mine
+        others = [body for status, body in await self.peers.each("GET", "/metrics", raw=True) if status == 200]
+        return merge_expositions([mine.decode(), *others])
+
     async def infer(
         self,
         name: str,
         version: str | None,
         decode: Callable[[Model], InferRequest],
         encode: Callable[[InferRequest, InferResult], Encoded],
+        protocol: str = "v2-rest",
     ) -> Encoded:
         """Decode, predict and encode one request with the transport's codec, timing each step."""
-        entry = self.repository.ready_entry(name, version)
+        metrics = self.metrics
+        try:
+            entry = await self.repository.acquire(name, version)
+        except InferenceError as exc:
+            metrics.requests.labels(name, protocol, str(exc.status)).inc()
+            raise
         model, stats = entry.model, entry.stats
         run = entry.batcher.infer if entry.batcher is not None else model.infer
         execution = Execution()
         EXECUTION.set(execution)
+        in_flight = metrics.in_flight.labels(name)
+        in_flight.inc()
+        entry.in_flight += 1
         started = time.perf_counter_ns()
         try:
             request = decode(model)
@@ -131,15 +150,25 @@ class DataPlane:
             predicted = time.perf_counter_ns()
             result = InferResult(model.name, model.version, new_request_id(request.id), _apply_output_options(request, outputs))
             encoded = encode(request, result)
-        except Exception:
+        except Exception as exc:
             stats.record_failure(time.perf_counter_ns() - started)
+            metrics.requests.labels(name, protocol, str(getattr(exc, "status", 500))).inc()
             raise
+        finally:
+            in_flight.dec()
+            entry.in_flight -= 1
+            entry.last_used = time.monotonic()
         finished = time.perf_counter_ns()
         rows = request.batch_size()
-        stats.record_success(
-            rows, execution.batch_rows or rows, execution.counted, decoded - started, execution.queue_ns,
-            predicted - decoded - execution.queue_ns, finished - predicted,
-        )
+        infer_ns = predicted - decoded - execution.queue_ns
+        stats.record_success(rows, execution.batch_rows or rows, execution.counted, decoded - started,
+                             execution.queue_ns, infer_ns, finished - predicted)
+        metrics.requests.labels(name, protocol, "200").inc()
+        metrics.latency.labels(name, protocol).observe((finished - started) / 1e9)
+        metrics.queue.labels(name).observe(execution.queue_ns / 1e9)
+        metrics.inference.labels(name).observe(infer_ns / 1e9)
+        if execution.counted:
+            metrics.batch_size.labels(name).observe(execution.batch_rows or rows)
         return encoded
 
     async def predict_v1(self, name: str, body: bytes) -> bytes:
@@ -154,7 +183,7 @@ class DataPlane:
                 raise ModelFailed(f"model '{name}' returned no output")
             return v1.encode_predictions(next(iter(result.outputs.values())))
 
-        return await self.infer(name, None, decode, encode)
+        return await self.infer(name, None, decode, encode, protocol="v1-rest")
 
 
 def merge_index(groups: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:

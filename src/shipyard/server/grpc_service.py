@@ -72,7 +72,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     def _infer(self, request: Any) -> Awaitable[Any]:
         return self.dataplane.infer(
             request.model_name, request.model_version or None, lambda model: decode_grpc_request(request),
-            encode_grpc_response,
+            encode_grpc_response, protocol="grpc",
         )
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:

@@ -111,6 +111,9 @@ def openapi_document(model_names: list[str] | None = None) -> dict[str, Any]:
     paths: dict[str, Any] = {
         "/": _get("Liveness (KServe V1)", {"type": "object", "properties": {"status": {"type": "string"}}}),
         "/v2": _get("Server metadata", _ref("ServerMetadata")),
+        "/metrics": {"get": {"summary": "Prometheus metrics, summed over every worker process", "responses": {
+            "200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}},
+            **{code: value for code, value in _responses({}).items() if code != "200"}}}},
         "/v2/health/live": _get("Server liveness", {"type": "object", "properties": {"live": {"type": "boolean"}}}),
         "/v2/health/ready": _get("Server readiness", {"type": "object", "properties": {"ready": {"type": "boolean"}}},
                                  "503"),

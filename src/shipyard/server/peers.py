@@ -24,13 +24,13 @@ class Peers:
     def __bool__(self) -> bool:
         return bool(self.sockets)
 
-    async def each(self, method: str, target: str, body: Any = None) -> list[tuple[int, Any]]:
-        """Send one request to every sibling; their (status, JSON) answers in order."""
+    async def each(self, method: str, target: str, body: Any = None, raw: bool = False) -> list[tuple[int, Any]]:
+        """Send one request to every sibling; their (status, JSON or text) answers in order."""
 
         async def one(path: str) -> tuple[int, Any]:
             transport = httpx.AsyncHTTPTransport(uds=path)
             async with httpx.AsyncClient(transport=transport, base_url="http://worker", timeout=600) as client:
                 response = await client.request(method, target, json=body, headers={LOCAL_HEADER: "1"})
-                return response.status_code, response.json()
+                return response.status_code, response.text if raw else response.json()
 
         return list(await asyncio.gather(*(one(path) for path in self.sockets)))

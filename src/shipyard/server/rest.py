@@ -19,6 +19,7 @@ from shipyard.protocol.v2 import encode
 from shipyard.runtimes.base import Model
 from shipyard.server import compression
 from shipyard.server.dataplane import DataPlane
+from shipyard.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from shipyard.server.openapi import openapi_document
 from shipyard.server.peers import LOCAL_HEADER
 
@@ -117,6 +118,8 @@ class RestApp:
                 return {"GET": self.root}, ()
             case ["openapi.json"]:
                 return {"GET": self.openapi}, ()
+            case ["metrics"]:
+                return {"GET": self.metrics}, ()
             case ["v2", "repository", "index"]:
                 return {"POST": self.repository_index}, ()
             case ["v2", "repository", "models", name, "load"]:
@@ -189,6 +192,10 @@ class RestApp:
         if json_length is None:
             return Response(200, answer)
         return Response(200, answer, "application/octet-stream", [(HEADER_LENGTH, str(json_length))])
+
+    async def metrics(self, request: Request) -> Response:
+        exposition = await self.dataplane.metrics_exposition(LOCAL_HEADER in request.headers)
+        return Response(200, exposition, METRICS_CONTENT_TYPE)
 
     async def openapi(self, request: Request) -> Response:
         return json_response(openapi_document(self.dataplane.repository.names()))

@@ -41,6 +41,8 @@ class ServeOptions:
     repository_location: str = ""
     batching: BatchPolicy = field(default_factory=BatchPolicy)
     workers: int = 1
+    #: Bytes of model memory per worker before least recently used idle models are evicted.
+    memory_limit: int | None = None
 
 
 @dataclass
@@ -70,7 +72,8 @@ def use_uvloop() -> None:
 
 
 def build_repository(sources: list[ModelSource], options: ServeOptions) -> ModelRepository:
-    repository = ModelRepository(options.resolver, options.repository_location, options.batching)
+    repository = ModelRepository(options.resolver, options.repository_location, options.batching,
+                                 options.memory_limit, options.drain_seconds)
     for source in sources:
         repository.add(create_model(source))
     return repository
