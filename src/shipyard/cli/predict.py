@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import msgspec
 import numpy as np
@@ -12,7 +12,8 @@ import typer
 from rich.console import Console
 
 from shipyard.cli.errors import fail
-from shipyard.client import InferenceClient, InferenceServerError
+if TYPE_CHECKING:
+    from shipyard.client import InferenceClient
 from shipyard.protocol.datatypes import datatype_of
 
 
@@ -62,6 +63,8 @@ def predict(
 
       shipyard predict iris -d @request.json --url http://127.0.0.1:9000
     """
+    from shipyard.client import InferenceClient, InferenceServerError  # httpx only for this command
+
     payload = _read_data(data)
     with InferenceClient(url) as client:
         try:

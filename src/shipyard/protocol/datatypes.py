@@ -37,14 +37,23 @@ NUMERIC_DATATYPES: frozenset[str] = INTEGER_DATATYPES | FLOAT_DATATYPES
 _KIND_TO_DATATYPE = {"U": "BYTES", "S": "BYTES", "O": "BYTES", "b": "BOOL"}
 
 
+_BY_DTYPE: dict[np.dtype, str] = {}
+
+
 def datatype_of(dtype: np.dtype) -> str:
     """Return the V2 datatype name for a numpy dtype (strings and objects are BYTES)."""
+    known = _BY_DTYPE.get(dtype)
+    if known is not None:
+        return known
     if dtype.kind in _KIND_TO_DATATYPE:
-        return _KIND_TO_DATATYPE[dtype.kind]
-    for name, candidate in DATATYPE_TO_DTYPE.items():
-        if candidate == dtype and name != "BF16":
-            return name
-    raise ValueError(f"numpy dtype {dtype} has no V2 datatype")
+        name = _KIND_TO_DATATYPE[dtype.kind]
+    else:
+        matches = [n for n, candidate in DATATYPE_TO_DTYPE.items() if candidate == dtype and n != "BF16"]
+        if not matches:
+            raise ValueError(f"numpy dtype {dtype} has no V2 datatype")
+        name = matches[0]
+    _BY_DTYPE[dtype] = name
+    return name
 
 
 def element_count(shape: list[int] | tuple[int, ...]) -> int:

@@ -219,11 +219,11 @@ def _numeric_tensor(name: str, datatype: str, data: Any) -> np.ndarray:
             raise InvalidInput(
                 f"input '{name}': value {bad} is out of range for {datatype} [{info.min}, {info.max}]"
             ) from None
-    array = _rectangular(name, values, np.float64 if datatype == "FP32" else target).ravel()
-    if datatype == "FP32":
-        if array.size and np.abs(array).max() > np.finfo(np.float32).max:
-            raise InvalidInput(f"input '{name}': a value is out of range for FP32 (largest is about 3.4e38)")
-        array = array.astype(np.float32)
+    with np.errstate(over="ignore"):
+        array = _rectangular(name, values, target).ravel()
+    # JSON has no inf or NaN, so a non-finite value here overflowed the datatype
+    if datatype == "FP32" and array.size and not np.isfinite(array).all():
+        raise InvalidInput(f"input '{name}': a value is out of range for FP32 (largest is about 3.4e38)")
     return array
 
 

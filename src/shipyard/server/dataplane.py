@@ -139,7 +139,8 @@ class DataPlane:
         run = entry.batcher.infer if entry.batcher is not None else model.infer
         execution = Execution()
         EXECUTION.set(execution)
-        in_flight = metrics.in_flight.labels(name)
+        observe = metrics.for_request(name, protocol)
+        in_flight = observe.in_flight
         in_flight.inc()
         entry.in_flight += 1
         started = time.perf_counter_ns()
@@ -163,12 +164,12 @@ class DataPlane:
         infer_ns = predicted - decoded - execution.queue_ns
         stats.record_success(rows, execution.batch_rows or rows, execution.counted, decoded - started,
                              execution.queue_ns, infer_ns, finished - predicted)
-        metrics.requests.labels(name, protocol, "200").inc()
-        metrics.latency.labels(name, protocol).observe((finished - started) / 1e9)
-        metrics.queue.labels(name).observe(execution.queue_ns / 1e9)
-        metrics.inference.labels(name).observe(infer_ns / 1e9)
+        observe.ok.inc()
+        observe.latency.observe((finished - started) / 1e9)
+        observe.queue.observe(execution.queue_ns / 1e9)
+        observe.inference.observe(infer_ns / 1e9)
         if execution.counted:
-            metrics.batch_size.labels(name).observe(execution.batch_rows or rows)
+            observe.batch_size.observe(execution.batch_rows or rows)
         return encoded
 
     async def predict_v1(self, name: str, body: bytes) -> bytes:

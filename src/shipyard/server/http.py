@@ -72,7 +72,8 @@ class HttpProtocol(asyncio.Protocol):
         self.pending: deque[Request | Response] = deque()
         self.busy = False
         self.discarding = False
-        self.idle_timer: asyncio.TimerHandle | None = None
+        #: loop.time() of the last byte received or answer sent (the server's sweeper closes idle ones)
+        self.last_active = 0.0
         self._reset()
 
     def _reset(self) -> None:
@@ -86,17 +87,16 @@ class HttpProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         self.server.connections.add(self)
-        self._arm_idle_timer()
+        self.last_active = self.server.now()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         self.transport = None
-        self._cancel_idle_timer()
 
     def data_received(self, data: bytes) -> None:
         if self.discarding:
             return
-        self._cancel_idle_timer()
+        self.last_active = self.server.now()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -152,7 +152,7 @@ class HttpProtocol(asyncio.Protocol):
         if not self.pending:
             if self.transport is not None:
                 self.transport.resume_reading()
-                self._arm_idle_timer()
+                self.last_active = self.server.now()
             return
         item = self.pending.popleft()
         if isinstance(item, Response):  # a request refused while parsing: answer and close
@@ -209,15 +209,6 @@ class HttpProtocol(asyncio.Protocol):
             self.transport.close()
 
     # -- idle and shutdown -----------------------------------------------------------------
-    def _arm_idle_timer(self) -> None:
-        self._cancel_idle_timer()
-        self.idle_timer = asyncio.get_running_loop().call_later(KEEP_ALIVE_SECONDS, self._close)
-
-    def _cancel_idle_timer(self) -> None:
-        if self.idle_timer is not None:
-            self.idle_timer.cancel()
-            self.idle_timer = None
-
     def is_idle(self) -> bool:
         return not self.busy and not self.pending
 
@@ -237,6 +228,7 @@ class HttpServer:
         self.max_body = max_body
         self.connections: set[HttpProtocol] = set()
         self.stopping = False
+        self.now: Callable[[], float] = time.monotonic
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self, sock: socket.socket | None = None) -> None:
@@ -250,6 +242,17 @@ class HttpServer:
             )
         self.port = self._server.sockets[0].getsockname()[1]
         self._extra: list[asyncio.base_events.Server] = []
+        self.now = loop.time
+        self._sweeper = loop.create_task(self._close_idle_connections())
+
+    async def _close_idle_connections(self) -> None:
+        """Close keep-alive connections idle for KEEP_ALIVE_SECONDS (one sweep for all, not a timer each)."""
+        while not self.stopping:
+            await asyncio.sleep(min(5.0, KEEP_ALIVE_SECONDS))
+            cutoff = self.now() - KEEP_ALIVE_SECONDS
+            for connection in list(self.connections):
+                if connection.is_idle() and connection.last_active < cutoff:
+                    connection.shutdown()
 
     async def start_unix(self, path: str) -> None:
         """Also serve the same app on a unix socket (sibling workers reach each other there)."""
@@ -259,6 +262,8 @@ class HttpServer:
     async def shutdown(self, timeout: float) -> int:
         """Stop accepting, let in-flight requests finish (up to ``timeout``); return connections cut."""
         self.stopping = True
+        if getattr(self, "_sweeper", None) is not None:
+            self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
         for extra in getattr(self, "_extra", []):

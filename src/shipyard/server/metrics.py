@@ -6,7 +6,8 @@ asks the sibling workers for theirs and sums them, so a scrape of any worker see
 
 from __future__ import annotations
 
-from typing import Iterable
+from dataclasses import dataclass
+from typing import Any, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -22,6 +23,7 @@ class ServerMetrics:
     """The metrics a worker records."""
 
     def __init__(self) -> None:
+        self._children: dict[tuple[str, str], RequestMetrics] = {}
         self.registry = CollectorRegistry()
         self.requests = Counter("shipyard_requests", "Inference requests by model, protocol and status",
                                 ["model", "protocol", "status"], registry=self.registry)
@@ -42,6 +44,31 @@ class ServerMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+    def for_request(self, model: str, protocol: str) -> "RequestMetrics":
+        """The labelled children one request touches (cached: label lookups cost on the hot path)."""
+        key = (model, protocol)
+        cached = self._children.get(key)
+        if cached is None:
+            cached = self._children[key] = RequestMetrics(
+                ok=self.requests.labels(model, protocol, "200"),
+                latency=self.latency.labels(model, protocol),
+                queue=self.queue.labels(model),
+                inference=self.inference.labels(model),
+                batch_size=self.batch_size.labels(model),
+                in_flight=self.in_flight.labels(model),
+            )
+        return cached
+
+
+@dataclass(frozen=True)
+class RequestMetrics:
+    ok: Any
+    latency: Any
+    queue: Any
+    inference: Any
+    batch_size: Any
+    in_flight: Any
 
 
 def merge_expositions(texts: Iterable[str]) -> bytes:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
-
 LOCAL_HEADER = "x-shipyard-local"
 
 
@@ -26,6 +24,8 @@ class Peers:
 
     async def each(self, method: str, target: str, body: Any = None, raw: bool = False) -> list[tuple[int, Any]]:
         """Send one request to every sibling; their (status, JSON or text) answers in order."""
+
+        import httpx  # only multi-worker servers talk to siblings; spare the others the import
 
         async def one(path: str) -> tuple[int, Any]:
             transport = httpx.AsyncHTTPTransport(uds=path)
