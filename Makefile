@@ -35,6 +35,16 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# `make bench`: Shipyard vs KServe and MLServer, side by side (docs/performance.md). Sets up wrk and the
+# peers' venvs (benchmarks/.venvs) first. BENCH_SECONDS=3 make bench is the quick mode; each server's
+# flags are in benchmarks/config.toml (or BENCH_SHIPYARD_ARGS="--workers 2" make bench).
+BENCH_SETUP := benchmarks/setup.sh
+BENCH_RUN   := benchmarks/run.py
+
+bench: $(STAMP)
+	@bash $(BENCH_SETUP) $(BIN)/python
+	$(BIN)/python $(BENCH_RUN)
+
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis demo-output
 

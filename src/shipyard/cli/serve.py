@@ -42,8 +42,8 @@ def serve(
     models: Optional[list[str]] = typer.Argument(
         None,
         metavar="MODEL",
-        help="Model package directory (with shipyard.yaml), artifact file (.joblib, .pkl, .json, .ubj, .txt) "
-        "or directory with model.py.",
+        help="Model package directory (with shipyard.yaml), artifact file (.joblib, .pkl, .json, .ubj, .txt, .onnx, "
+        ".pt, .pt2, .rds), Hugging Face model folder, or folder with model.py.",
         show_default=False,
     ),
     name: Optional[list[str]] = typer.Option(
