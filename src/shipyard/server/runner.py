@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import signal
 import socket
@@ -159,6 +160,7 @@ async def run_worker(repository: ModelRepository, options: ServeOptions, setup: 
         else:
             failed = any(entry.state is not ModelState.READY for entry in loaded)
         if not failed:
+            settle_garbage_collector()
             if setup is None:
                 say("Ready. Press Ctrl+C to stop.")
             await stop.wait()
@@ -177,6 +179,15 @@ async def run_worker(repository: ModelRepository, options: ServeOptions, setup: 
     if setup is None:
         say("Stopped.")
     return 1 if failed else 0
+
+
+def settle_garbage_collector() -> None:
+    """Move everything loaded so far (libraries, models) out of the collector's sight, and collect
+    the young generation less often: requests allocate much and make few cycles, and a full
+    collection over scikit-learn's and scipy's objects is a multi-millisecond pause in the p99."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
 
 
 def listen_error(exc: OSError, host: str, port: int, flag: str) -> str:
