@@ -9,7 +9,9 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import httpx
 
@@ -90,3 +92,14 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             return self.wait_exit(timeout)
+
+
+@contextmanager
+def running(*args: str | Path, env: dict[str, str] | None = None) -> Iterator[ServerProcess]:
+    """A ready server for the duration of a ``with`` block (module-scoped fixtures use it)."""
+    process = ServerProcess(*args, env=env)
+    try:
+        process.wait_ready()
+        yield process
+    finally:
+        process.stop()

@@ -19,37 +19,12 @@ import numpy as np
 import pytest
 
 from conftest import write_custom_model
-from serverproc import ServerProcess
+from serverproc import running
+from wire_models import ECHO, PAIR
 
 pytestmark = pytest.mark.integration
 
 HEADER = "Inference-Header-Content-Length"
-
-ECHO = '''
-    class Model:
-        def load(self):
-            pass
-
-        def predict(self, inputs):
-            return {"out_" + name: value for name, value in inputs.items()}
-'''
-
-PAIR = '''
-    import numpy as np
-
-    class Model:
-        inputs = [{"name": "a", "datatype": "FP32", "shape": [-1, 2]},
-                  {"name": "b", "datatype": "INT32", "shape": [-1, 2]}]
-        outputs = [{"name": "sum", "datatype": "FP32", "shape": [-1, 2]},
-                   {"name": "product", "datatype": "FP32", "shape": [-1, 2]}]
-
-        def load(self):
-            pass
-
-        def predict(self, inputs):
-            a, b = inputs["a"], inputs["b"].astype(np.float32)
-            return {"sum": (a + b).astype(np.float32), "product": (a * b).astype(np.float32)}
-'''
 
 #: V2 datatype -> little-endian numpy dtype (BYTES and BF16 are handled apart).
 DTYPES = {
@@ -79,12 +54,8 @@ def server(artifacts, tmp_path_factory):
     root = tmp_path_factory.mktemp("binary_rest")
     echo = write_custom_model(root / "alltypes", ECHO)
     pair = write_custom_model(root / "pair", PAIR)
-    process = ServerProcess(artifacts["sk_logreg"], echo, pair, "--name", "iris")
-    try:
-        process.wait_ready()
+    with running(artifacts["sk_logreg"], echo, pair, "--name", "iris") as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="module")

@@ -18,14 +18,10 @@ def shipyard(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def server(artifacts):
-    from serverproc import ServerProcess
+    from serverproc import running
 
-    process = ServerProcess(artifacts["sk_logreg"], "--name", "iris")
-    try:
-        process.wait_ready()
+    with running(artifacts["sk_logreg"], "--name", "iris") as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.mark.parametrize("command", [[], ["serve"], ["predict"], ["version"]])

@@ -13,18 +13,14 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from serverproc import ServerProcess
+from serverproc import running
 
 
 @pytest.fixture(scope="module")
 def server(artifacts):
-    process = ServerProcess(artifacts["sk_logreg"], "--name", "iris")
-    try:
-        process.wait_ready()
+    with running(artifacts["sk_logreg"], "--name", "iris") as process:
         yield process
-    finally:
         assert process.process.poll() is None, "the server died during fuzzing"
-        process.stop()
 
 
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]

@@ -7,7 +7,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serverproc import ServerProcess
+from serverproc import running
 from shipyard.client import InferenceClient
 
 BUILT_IN = ["sk_logreg", "sk_pipeline", "sk_linreg", "sk_strings", "xgb_classifier", "xgb_booster",
@@ -16,12 +16,8 @@ BUILT_IN = ["sk_logreg", "sk_pipeline", "sk_linreg", "sk_strings", "xgb_classifi
 
 @pytest.fixture(scope="module")
 def server(artifacts):
-    process = ServerProcess(*(artifacts[name] for name in BUILT_IN + ["echo", "asyncecho", "typed"]))
-    try:
-        process.wait_ready()
+    with running(*(artifacts[name] for name in BUILT_IN + ["echo", "asyncecho", "typed"])) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from serverproc import ServerProcess
+from serverproc import ServerProcess, running
 
 OFFLINE = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 TEXTS = ["A cat sits on the mat.", "Shipyard serves models over HTTP.", "caf\u00e9 \u2603"]
@@ -73,12 +73,8 @@ def r_server(r_models: Path):
     models = [r_models / "iris_lm.rds", r_models / "virginica", r_models / "by_species.rds"]
     if (r_models / "species").exists():
         models.append(r_models / "species")
-    process = ServerProcess(*models)
-    try:
-        process.wait_ready()
+    with running(*models) as process:
         yield process
-    finally:
-        process.stop()
 
 
 @pytest.fixture(scope="module")

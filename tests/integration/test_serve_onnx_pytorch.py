@@ -14,7 +14,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from serverproc import ServerProcess
+from serverproc import ServerProcess, running
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")]
@@ -163,14 +163,10 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def server(models):
-    process = ServerProcess(*(models[name] for name in
+    with running(*(models[name] for name in
                               ["onnx_multi", "onnx_text", "onnx_fp16", "mxnet_mlp", "eager_torch", "ts_package",
-                               "embedder"]))
-    try:
-        process.wait_ready()
+                               "embedder"])) as process:
         yield process
-    finally:
-        process.stop()
 
 
 def v2(server, model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict:
