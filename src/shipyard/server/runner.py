@@ -7,6 +7,7 @@ ports (see ``workers.py``). Both run the same ``run_worker`` coroutine.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import errno
 import gc
 import logging
@@ -188,6 +189,15 @@ def settle_garbage_collector() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 20, 100)
+    _return_free_memory()
+
+
+def _return_free_memory() -> None:
+    """Hand memory freed while loading (import-time garbage, model files read) back to the OS."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
 
 
 def listen_error(exc: OSError, host: str, port: int, flag: str) -> str:
