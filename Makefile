@@ -14,6 +14,7 @@ APT_PACKAGES := curl r-base-core r-cran-rpart
 help:
 	@echo "make demo   - set up .venv, train a small model, serve it and query it (V1 and V2)"
 	@echo "make test   - set up .venv and run the whole test suite"
+	@echo "make bench  - benchmark Shipyard against KServe and MLServer (docs/performance.md)"
 	@echo "make clean  - remove .venv and caches"
 
 $(BIN)/python:
