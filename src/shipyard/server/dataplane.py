@@ -22,7 +22,7 @@ from shipyard.protocol.errors import InferenceError, InvalidInput, ModelFailed, 
 from shipyard.protocol.http_codec import classify, new_request_id
 from shipyard.protocol.infer import InferRequest, InferResult
 from shipyard.runtimes.base import EXECUTION, Execution, Model
-from shipyard.server.peers import Peers
+from shipyard.server.peers import UNREACHABLE, Peers
 from shipyard.server.repository import UNLOADED, ModelRepository, ModelState
 from shipyard.server.metrics import merge_expositions
 from shipyard.server.stats import merge_model_stats
@@ -108,6 +108,8 @@ class DataPlane:
         if local or not self.peers:
             return
         for status, answer in await self.peers.each("POST", target, body):
+            if status == UNREACHABLE:
+                continue  # a worker being replaced; it starts from the supervisor's models
             if status >= 400:
                 raise InferenceError.with_status(status, f"another worker process refused: {answer.get('error', answer)}")
 

@@ -8,9 +8,13 @@ request carrying the ``x-shipyard-local`` header is answered from the worker's o
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 LOCAL_HEADER = "x-shipyard-local"
+#: The status ``each`` reports for a sibling that did not answer.
+UNREACHABLE = 0
+log = logging.getLogger("shipyard.server")
 
 
 class Peers:
@@ -29,8 +33,12 @@ class Peers:
 
         async def one(path: str) -> tuple[int, Any]:
             transport = httpx.AsyncHTTPTransport(uds=path)
-            async with httpx.AsyncClient(transport=transport, base_url="http://worker", timeout=600) as client:
-                response = await client.request(method, target, json=body, headers={LOCAL_HEADER: "1"})
-                return response.status_code, response.text if raw else response.json()
+            try:
+                async with httpx.AsyncClient(transport=transport, base_url="http://worker", timeout=600) as client:
+                    response = await client.request(method, target, json=body, headers={LOCAL_HEADER: "1"})
+            except httpx.TransportError as exc:  # a worker being replaced: answer without it
+                log.warning("worker at %s did not answer %s %s: %s", path, method, target, exc)
+                return UNREACHABLE, {"error": f"worker unreachable: {exc}"}
+            return response.status_code, response.text if raw else response.json()
 
         return list(await asyncio.gather(*(one(path) for path in self.sockets)))

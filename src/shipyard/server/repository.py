@@ -183,6 +183,9 @@ class ModelRepository:
                     await self.load(name)
                 except InvalidInput as exc:
                     raise NotReady(exc.message) from None
+                except NotFound:
+                    self._locks.pop(name, None)  # no lock kept per unknown name a client tries
+                    raise
         return self.ready_entry(name, version)
 
     async def _drain(self, entry: ModelEntry) -> None:
