@@ -229,6 +229,8 @@ class HttpServer:
         self.connections: set[HttpProtocol] = set()
         self.stopping = False
         self.now: Callable[[], float] = time.monotonic
+        self._extra: list[asyncio.base_events.Server] = []  # unix-socket listeners (workers)
+        self._sweeper: asyncio.Task[None] | None = None
         self._server: asyncio.base_events.Server | None = None
 
     async def start(self, sock: socket.socket | None = None) -> None:
@@ -241,7 +243,6 @@ class HttpServer:
                 lambda: HttpProtocol(self), self.host, self.port, reuse_address=True, backlog=2048
             )
         self.port = self._server.sockets[0].getsockname()[1]
-        self._extra: list[asyncio.base_events.Server] = []
         self.now = loop.time
         self._sweeper = loop.create_task(self._close_idle_connections())
 
@@ -262,11 +263,11 @@ class HttpServer:
     async def shutdown(self, timeout: float) -> int:
         """Stop accepting, let in-flight requests finish (up to ``timeout``); return connections cut."""
         self.stopping = True
-        if getattr(self, "_sweeper", None) is not None:
+        if self._sweeper is not None:
             self._sweeper.cancel()
         if self._server is not None:
             self._server.close()
-        for extra in getattr(self, "_extra", []):
+        for extra in self._extra:
             extra.close()
         deadline = time.monotonic() + timeout
         while self.connections and time.monotonic() < deadline:
