@@ -11,7 +11,15 @@ import numpy as np
 from shipyard.protocol.binary import raw_shape, tensor_from_bytes, tensor_to_bytes
 from shipyard.protocol.errors import InvalidInput
 from shipyard.protocol.infer import InferRequest, InferResult, RequestedOutput
-from shipyard.protocol.v2 import InferenceResponse, ResponseOutput, decode_inputs, decode_request, encode, json_data, plain
+from shipyard.protocol.v2 import (
+    InferenceResponse,
+    ResponseOutput,
+    decode_inputs,
+    decode_request,
+    encode,
+    json_output,
+    plain,
+)
 
 #: The header that marks a binary body and gives the JSON header's length.
 HEADER_LENGTH = "inference-header-content-length"
@@ -73,8 +81,7 @@ def encode_rest_response(request: InferRequest, result: InferResult) -> tuple[by
             outputs.append(ResponseOutput(name, datatype, shape, parameters={"binary_data_size": len(raw)}))
             blobs.append(raw)
         else:
-            datatype, data = json_data(name, array)
-            outputs.append(ResponseOutput(name, datatype, shape, data=data))
+            outputs.append(json_output(name, array))
     header = encode(
         InferenceResponse(
             model_name=result.model_name,

@@ -289,6 +289,12 @@ def json_data(name: str, array: np.ndarray) -> tuple[str, list[Any]]:
     return datatype, array.ravel().tolist()
 
 
+def json_output(name: str, array: np.ndarray) -> ResponseOutput:
+    """One response output carrying its data as JSON."""
+    datatype, data = json_data(name, array)
+    return ResponseOutput(name=name, datatype=datatype, shape=list(array.shape), data=data)
+
+
 def _to_text(name: str, item: Any) -> str:
     if isinstance(item, bytes):
         try:
@@ -308,10 +314,7 @@ def encode_response(
     parameters: Parameters | None = None,
 ) -> bytes:
     """Encode a V2 inference response as JSON bytes (every output as JSON data)."""
-    encoded = []
-    for name, array in outputs.items():
-        datatype, data = json_data(name, array)
-        encoded.append(ResponseOutput(name=name, datatype=datatype, shape=list(array.shape), data=data))
+    encoded = [json_output(name, array) for name, array in outputs.items()]
     response = InferenceResponse(
         model_name=model_name,
         model_version=model_version,
