@@ -66,7 +66,7 @@ def test_package_with_model_py(tmp_path):
 @pytest.mark.parametrize(
     "text, fragments",
     [
-        ("name: [1, 2]\n", ["`name`", "Expected `str | null`"]),
+        ("name: [1, 2]\n", ["name = [1, 2]", "expected `str | null`"]),
         ("predict_proba: maybe\n", ["predict_proba", "bool"]),
         ("name: 'has space'\n", ["has space", "not allowed"]),
         ("artifact: missing.joblib\n", ["missing.joblib", "does not exist"]),

@@ -51,7 +51,13 @@ def _from_package(folder: Path, name: str | None) -> tuple[ModelSource, list[str
             raise PackageError(f"{where}: format 'python' needs a model.py, but 'artifact' is {artifact.name}")
     else:
         fmt, artifact = format_of(target)
-    options = {"predict_proba": config.predict_proba, "concurrency": config.concurrency, "config": raw}
+    options = {
+        "predict_proba": config.predict_proba,
+        "concurrency": config.concurrency,
+        "config": raw,
+        "package": config,
+        "package_dir": folder,
+    }
     source = ModelSource(
         name=check_name(name or config.name or folder.name, where),
         format=fmt,
