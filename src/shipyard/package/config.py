@@ -250,7 +250,7 @@ def _check_signature(config: PackageConfig, where: str) -> None:
         tensors = getattr(config, group) or []
         names = [t.name for t in tensors]
         for index, tensor in enumerate(tensors):
-            if names.count(tensor.name) > 1:
+            if tensor.name in names[:index]:
                 raise PackageError(f"{where}: {group}[{index}].name = {tensor.name!r}: tensor names must be unique")
             if tensor.min is not None and tensor.max is not None and tensor.min > tensor.max:
                 raise PackageError(f"{where}: {group}[{index}]: min {tensor.min} is above max {tensor.max}")

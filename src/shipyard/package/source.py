@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
+from shipyard.package.checks import input_checks
+from shipyard.package.prepare import prepare
 from shipyard.package.config import CONFIG_FILE, PackageError, check_name, read_config
 from shipyard.runtimes.base import ModelSource
 from shipyard.runtimes.registry import find_artifact, normalise_format, sniff_format
@@ -51,15 +54,18 @@ def _from_package(folder: Path, name: str | None) -> tuple[ModelSource, list[str
             raise PackageError(f"{where}: format 'python' needs a model.py, but 'artifact' is {artifact.name}")
     else:
         fmt, artifact = format_of(target)
+    name = check_name(name or config.name or folder.name, where)
     options = {
         "predict_proba": config.predict_proba,
         "concurrency": config.concurrency,
         "config": raw,
         "package": config,
         "package_dir": folder,
+        "input_checks": input_checks(name, config),
+        "prepare": partial(prepare, name, config, folder),
     }
     source = ModelSource(
-        name=check_name(name or config.name or folder.name, where),
+        name=name,
         format=fmt,
         path=artifact,
         version=config.version,

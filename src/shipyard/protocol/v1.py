@@ -48,6 +48,17 @@ def instances_to_array(instances: list[Any]) -> np.ndarray:
     return objects
 
 
+def records_to_columns(instances: list[Any]) -> dict[str, np.ndarray] | None:
+    """Instances given as records (``[{"a": 1, "b": 2}, ...]``) as one array per column, else None."""
+    if not instances or not all(isinstance(item, dict) for item in instances):
+        return None
+    keys = list(instances[0])
+    for row, item in enumerate(instances):
+        if list(item) != keys and set(item) != set(keys):
+            raise InvalidInput(f"instance {row} has keys {sorted(item)}, but instance 0 has {sorted(keys)}")
+    return {key: instances_to_array([item[key] for item in instances]) for key in keys}
+
+
 def encode_predictions(array: np.ndarray) -> bytes:
     """Encode one output array as ``{"predictions": [...]}`` (BYTES become text)."""
     predictions = array.tolist()

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, Sequence
 
 import numpy as np
 
@@ -68,6 +68,17 @@ class TensorSpec:
         return f"{self.datatype} with shape {list(self.shape)}"
 
 
+class InputChecks(Protocol):
+    """Checks a package declares around the runtime's own (see shipyard.package.checks)."""
+
+    @property
+    def specs(self) -> list[TensorSpec]: ...
+
+    def before(self, tensors: Tensors, runtime_inputs: Sequence[TensorSpec]) -> Tensors: ...
+
+    def after(self, checked: Tensors) -> Tensors: ...
+
+
 @dataclass
 class ModelSource:
     """Where a model comes from and how to serve it, before it is loaded."""
@@ -99,6 +110,8 @@ class Model:
     #: Whether a model loaded in one process still works in processes forked from it (no thread
     #: pools created at load). Such models load once, before ``--workers`` fork, and share memory.
     fork_safe: ClassVar[bool] = False
+    #: Whether the model runs in this process (package environment variables are then set here).
+    in_process: ClassVar[bool] = True
 
     def __init__(self, source: ModelSource) -> None:
         self.source = source
@@ -110,10 +123,19 @@ class Model:
         self._executor: ThreadPoolExecutor | None = None
         #: Moving average of predict time; None until the first predict.
         self.predict_ns: float | None = None
+        #: The package's declared signature and data rules, enforced around :meth:`check`.
+        self.input_checks: InputChecks | None = source.options.get("input_checks")
 
     @property
     def platform(self) -> str:
         return self.format
+
+    def setup(self) -> None:
+        """Prepare the model's package (weights, secrets, environment variables), then :meth:`load`."""
+        prepare = self.source.options.get("prepare")
+        if prepare is not None:
+            self.source.options.update(prepare(in_process=self.in_process))
+        self.load()
 
     def load(self) -> None:
         """Read the artifact and fill in ``inputs``, ``outputs`` and ``default_outputs``."""
@@ -167,13 +189,25 @@ class Model:
         """Match request tensors to the model's inputs (names, datatypes, shapes); raise InvalidInput."""
         return check_inputs(self.name, self.inputs, inputs)
 
+    @property
+    def signature_inputs(self) -> list[TensorSpec]:
+        """The inputs clients see: the package's declared ones, else the runtime's."""
+        return self.input_checks.specs if self.input_checks is not None else self.inputs
+
+    def validate(self, inputs: Tensors) -> Tensors:
+        """The package's declared checks (if any) around the runtime's own :meth:`check`."""
+        checks = self.input_checks
+        if checks is None:
+            return self.check(inputs)
+        return checks.after(self.check(checks.before(inputs, self.inputs)))
+
     async def run(self, inputs: Tensors, outputs: list[str], parameters: dict[str, Any]) -> Tensors:
         """Predict already-checked inputs (the batcher calls this with merged batches)."""
         return await self.run_sync(self.predict, inputs, outputs, parameters)
 
     async def infer(self, inputs: Tensors, outputs: list[str] | None, parameters: dict[str, Any]) -> Tensors:
         """Check inputs and outputs against the model's signature, then predict."""
-        return await self.run(self.check(inputs), self.select_outputs(outputs, parameters), parameters)
+        return await self.run(self.validate(inputs), self.select_outputs(outputs, parameters), parameters)
 
     def select_outputs(self, requested: list[str] | None, parameters: dict[str, Any]) -> list[str]:
         """Validate requested output names; fall back to ``default_outputs``."""
@@ -193,7 +227,7 @@ class Model:
             "name": self.name,
             "versions": [self.version],
             "platform": self.platform,
-            "inputs": [spec.to_dict() for spec in self.inputs],
+            "inputs": [spec.to_dict() for spec in self.signature_inputs],
             "outputs": [spec.to_dict() for spec in self.outputs],
         }
 
@@ -212,7 +246,7 @@ def check_inputs(model: str, specs: list[TensorSpec], tensors: Tensors) -> Tenso
     for spec in specs:
         if spec.name not in tensors:
             raise InvalidInput(f"missing input '{spec.name}' ({spec.describe()}) for model '{model}'")
-        checked[spec.name] = _check_tensor(spec, tensors[spec.name])
+        checked[spec.name] = check_tensor(spec, tensors[spec.name])
     extra = [name for name in tensors if name not in checked]
     if extra:
         expected = ", ".join(spec.name for spec in specs)
@@ -220,7 +254,8 @@ def check_inputs(model: str, specs: list[TensorSpec], tensors: Tensors) -> Tenso
     return checked
 
 
-def _check_tensor(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+def check_tensor(spec: TensorSpec, array: np.ndarray) -> np.ndarray:
+    """Check one tensor's datatype (casting safely to the spec's) and shape; raise InvalidInput."""
     got = datatype_of(array.dtype)
     if got != spec.datatype:
         lossy = spec.datatype in INTEGER_DATATYPES and got in FLOAT_DATATYPES

@@ -20,6 +20,7 @@ import numpy as np
 
 from shipyard.protocol.errors import InferenceError, InvalidInput, ModelFailed
 from shipyard.runtimes.base import Model, ModelSource, TensorSpec, Tensors
+from shipyard.runtimes.signature import declared_specs
 
 ENTRY_FILE = "model.py"
 DEFAULT_OUTPUT = "output-0"
@@ -107,6 +108,7 @@ class CustomModel(Model):
             "config": self.source.options.get("config", {}),
             "data_dir": entry.parent / "data",
             "name": self.name,
+            "secrets": self.source.options.get("secrets") or {},
         }
         self.instance = cls(**_constructor_kwargs(cls, offered))
         loader = getattr(self.instance, "load", None)
@@ -115,7 +117,7 @@ class CustomModel(Model):
             if inspect.isawaitable(result):
                 raise TypeError(f"{entry}: load() must be synchronous")
         self.inputs = _specs(getattr(self.instance, "inputs", None))
-        self.outputs = _specs(getattr(self.instance, "outputs", None))
+        self.outputs = _specs(getattr(self.instance, "outputs", None)) or declared_specs(self.source, "outputs") or []
         self.default_outputs = [spec.name for spec in self.outputs]
 
     async def _call(self, method_name: str, value: Any, parameters: dict[str, Any]) -> Any:

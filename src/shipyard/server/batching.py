@@ -74,7 +74,7 @@ class Batcher:
     async def infer(self, inputs: Tensors, outputs: list[str] | None, parameters: dict[str, Any]) -> Tensors:
         """Queue one request and wait for its share of a batch's outputs."""
         model = self.model
-        checked = model.check(inputs)
+        checked = model.validate(inputs)
         selected = model.select_outputs(outputs, parameters)
         rows = _rows(checked)
         if rows is None or rows > self.policy.max_batch_size:

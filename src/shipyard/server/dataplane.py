@@ -178,8 +178,12 @@ class DataPlane:
         """KServe V1 ``:predict`` through the same path: instances in, predictions out."""
 
         def decode(model: Model) -> InferRequest:
-            instances = v1.instances_to_array(v1.decode_instances(body))
-            return InferRequest(inputs={model.inputs[0].name if model.inputs else V1_INPUT: instances})
+            instances = v1.decode_instances(body)
+            columns = v1.records_to_columns(instances)
+            if columns is not None:  # [{"column": value, ...}, ...]: one tensor per column
+                return InferRequest(inputs=columns)
+            inputs = model.signature_inputs
+            return InferRequest(inputs={inputs[0].name if inputs else V1_INPUT: v1.instances_to_array(instances)})
 
         def encode(request: InferRequest, result: InferResult) -> bytes:
             if not result.outputs:

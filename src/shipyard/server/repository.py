@@ -91,7 +91,7 @@ class ModelRepository:
         entry.state = ModelState.LOADING
         before = resident_bytes()
         try:
-            await asyncio.get_running_loop().run_in_executor(None, entry.model.load)
+            await asyncio.get_running_loop().run_in_executor(None, entry.model.setup)
         except Exception as exc:
             return self._loaded(entry, before, exc)
         return self._loaded(entry, before)
@@ -101,7 +101,7 @@ class ModelRepository:
         entry.state = ModelState.LOADING
         before = resident_bytes()
         try:
-            entry.model.load()
+            entry.model.setup()
         except Exception as exc:
             return self._loaded(entry, before, exc)
         return self._loaded(entry, before)

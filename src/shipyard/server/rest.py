@@ -186,7 +186,7 @@ class RestApp:
         body = request.body
 
         def decode(model: Model):  # type: ignore[no-untyped-def]
-            return decode_rest_request(body, header_length, model.inputs)
+            return decode_rest_request(body, header_length, model.signature_inputs)
 
         answer, json_length = await self.dataplane.infer(name, version, decode, encode_rest_response)
         if json_length is None:
