@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from shipyard import __version__
-from shipyard.cli import predict, serve
+from shipyard.cli import predict, serve, test
 
 app = typer.Typer(
     name="shipyard",
@@ -17,6 +17,7 @@ app = typer.Typer(
 )
 app.command("serve")(serve.serve)
 app.command("predict")(predict.predict)
+app.command("test")(test.test)
 
 
 @app.command("version")

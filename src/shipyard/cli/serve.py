@@ -8,12 +8,15 @@ import re
 from pathlib import Path
 from typing import Optional
 
+import click
 import typer
 
 from shipyard.cli.errors import fail, warn
 from shipyard.package.repository import RepositoryFolder, make_resolver
 from shipyard.package.source import model_source
+from shipyard.runtimes.base import ModelSource
 from shipyard.server.batching import BatchPolicy
+from shipyard.server.reloader import WatchedModel
 from shipyard.server.runner import DEFAULT_MAX_REQUEST_SIZE, ServeOptions
 from shipyard.server.runner import serve as run_server
 
@@ -39,6 +42,7 @@ def default_workers() -> int:
 
 
 def serve(
+    ctx: typer.Context,
     models: Optional[list[str]] = typer.Argument(
         None,
         metavar="MODEL",
@@ -82,6 +86,11 @@ def serve(
         None, "--memory-limit", help="Model memory each worker may hold (e.g. 2GiB); past it the least recently "
         "used idle models are unloaded, and load again on their next request.", show_default=False,
     ),
+    reload: bool = typer.Option(
+        False, "--reload", help="Development: when a file of a MODEL changes (model.py, shipyard.yaml, artifacts, "
+        "requirements), load the new version and swap it in; if it fails to load, the old one keeps serving. "
+        "Implies --workers 1.",
+    ),
     log_level: str = typer.Option("warning", help="debug, info, warning or error."),
 ) -> None:
     """Serve models over the Open Inference Protocol (V2) and KServe V1 REST.
@@ -93,6 +102,8 @@ def serve(
       shipyard serve iris.joblib churn.json -n iris -n churn -p 9000
 
       shipyard serve --model-repository models/ --grpc-port 9001
+
+      shipyard serve ./my-package --reload        [dim]# reloads when its files change[/]
     """
     models = models or []
     names = name or []
@@ -107,6 +118,8 @@ def serve(
             fail(f"{flag} must be between 0 and 65535, got {port}")
     if workers < 1:
         fail(f"--workers must be at least 1, got {workers}")
+    if reload:
+        workers = _prepare_reload(ctx, workers, model_repository)
     if max_batch_size < 1 or max_queue < 1 or max_latency_ms < 0:
         fail("--max-batch-size and --max-queue must be at least 1, and --max-latency-ms at least 0")
     level = getattr(logging, log_level.upper(), None)
@@ -146,5 +159,24 @@ def serve(
         batching=BatchPolicy(max_batch_size, max_latency_ms, max_queue),
         workers=workers,
         memory_limit=parse_size(memory_limit) if memory_limit else None,
+        reload=[_watched(argument, source) for argument, source in zip(models, sources)] if reload else [],
     )
     raise typer.Exit(run_server(sources, options))
+
+
+def _prepare_reload(ctx: typer.Context, workers: int, model_repository: Optional[Path]) -> int:
+    """The number of workers for --reload: one, as a reload in one worker would leave the others on the
+    old model."""
+    if workers > 1 and ctx.get_parameter_source("workers") is not click.core.ParameterSource.DEFAULT:
+        warn(f"--reload serves from one process; ignoring --workers {workers}")
+    if model_repository is not None:
+        warn("--reload watches the MODEL arguments; models of --model-repository are reloaded through the "
+             "repository API (POST /v2/repository/models/NAME/load)")
+    return 1
+
+
+def _watched(argument: str, source: ModelSource) -> WatchedModel:
+    """Watch the MODEL argument (package folder or artifact file); on change, read it again under the
+    same name."""
+    path = Path(argument).expanduser().resolve()
+    return WatchedModel(source.name, path, lambda: model_source(path, source.name)[0])

@@ -29,8 +29,8 @@ def test(
     package: Path = typer.Argument(..., metavar="DIR", help="Model package folder with examples.yaml.",
                                    show_default=False),
     only: Optional[list[RequestPath]] = typer.Option(
-        None, "--only", metavar="PATH", help="Run the examples on this path only (repeat for several): in-process (the server's "
-        "request path in this process, no socket), rest or grpc (a real server on free ports).",
+        None, "--only", metavar="PATH", help="Run the examples on this path only (repeat for several): in-process "
+        "(the server's request path in this process, no socket), rest or grpc (a real server on free ports).",
         show_default=False,
     ),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Print every answer and the test server's output."),
@@ -62,7 +62,7 @@ def test(
     paths = [path.value for path in only] if only else list(PATHS)
     console = Console(highlight=False)
     progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
-                        console=console, transient=True)
+                        console=console, transient=True, disable=not console.is_terminal)
     with progress:
         task = progress.add_task("Testing", total=None)
         try:
@@ -100,8 +100,8 @@ def _print_details(console: Console, report: Report) -> None:
     for outcome in report.outcomes:
         console.print(f"[b]{escape(outcome.example)}[/] on {outcome.path}:")
         for name, array in outcome.outputs.items():
-            text = np.array2string(array, threshold=20, max_line_width=100)
-            console.print(f"  {escape(name)} ({array.dtype}, shape {list(array.shape)}): {escape(text)}")
+            text = np.array2string(array, threshold=20, max_line_width=100).replace("\n", "\n    ")
+            console.print(f"  {escape(name)} ({array.dtype}, shape {list(array.shape)}):\n    {escape(text)}")
     if report.server_log:
         console.print("[b]test server output:[/]")
         for line in report.server_log:

@@ -28,7 +28,7 @@ import numpy as np
 import yaml
 
 from shipyard.package.config import EXAMPLES_FILE, PackageError
-from shipyard.protocol.datatypes import BINARY_ONLY, DATATYPES, FLOAT_DATATYPES, INTEGER_DATATYPES, datatype_of
+from shipyard.protocol.datatypes import BINARY_ONLY, DATATYPES, INTEGER_DATATYPES, datatype_of
 
 EXAMPLE_KEYS = ("name", "inputs", "parameters", "outputs", "tolerance")
 TENSOR_KEYS = ("datatype", "shape", "data")
@@ -110,7 +110,8 @@ def parse_examples(raw: Any, where: str) -> list[Example]:
     for index, item in enumerate(raw):
         example = _parse_example(item, index, where)
         if any(other.name == example.name for other in examples):
-            raise ExamplesError(f"{where}: example #{index + 1}: name '{example.name}' is used twice; names must be unique")
+            raise ExamplesError(f"{where}: example #{index + 1}: name '{example.name}' is used twice; "
+                                "names must be unique")
         examples.append(example)
     return examples
 
@@ -132,7 +133,8 @@ def _parse_example(item: Any, index: int, where: str) -> Example:
         raise ExamplesError(f"{label}: inputs: is empty; give at least one input")
     parameters = item.get("parameters") or {}
     if not isinstance(parameters, dict):
-        raise ExamplesError(f"{label}: parameters: expected a mapping of V2 request parameters, got {_kind(parameters)}")
+        raise ExamplesError(f"{label}: parameters: expected a mapping of V2 request parameters, "
+                            f"got {_kind(parameters)}")
     outputs = _tensors(item["outputs"], label, "outputs") if item.get("outputs") is not None else None
     return Example(name, inputs, parameters, outputs, _tolerance(item.get("tolerance"), label))
 
@@ -162,7 +164,8 @@ def _tensor(name: str, raw: Any, label: str, key: str, is_input: bool) -> Tensor
     _no_unknown_keys(raw, TENSOR_KEYS, label, f"{key}.")
     missing = [k for k in TENSOR_KEYS if k not in raw]
     if missing:
-        raise ExamplesError(f"{label}: {key}: the full form needs datatype, shape and data; missing {', '.join(missing)}")
+        raise ExamplesError(f"{label}: {key}: the full form needs datatype, shape and data; "
+                            f"missing {', '.join(missing)}")
     datatype = raw["datatype"]
     if datatype not in DATATYPES:
         raise ExamplesError(f"{label}: {key}.datatype = {datatype!r}: expected one of {', '.join(DATATYPES)}")
@@ -229,7 +232,8 @@ def _tolerance(raw: Any, label: str) -> Tolerance:
     if raw is None:
         return Tolerance()
     if not isinstance(raw, dict):
-        raise ExamplesError(f"{label}: tolerance: expected a mapping like {{abs: 1.0e-6, rel: 1.0e-5}}, got {_kind(raw)}")
+        raise ExamplesError(f"{label}: tolerance: expected a mapping like {{abs: 1.0e-6, rel: 1.0e-5}}, "
+                            f"got {_kind(raw)}")
     _no_unknown_keys(raw, TOLERANCE_KEYS, label, "tolerance.")
     for key, value in raw.items():
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
@@ -244,7 +248,8 @@ def _kind(value: Any) -> str:
 
 def _describe(values: np.ndarray) -> str:
     kind = values.dtype.kind
-    return {"U": "strings", "b": "booleans", "f": "fractional numbers"}.get(kind, "integers" if kind in "iu" else str(values.dtype))
+    names = {"U": "strings", "b": "booleans", "f": "fractional numbers", "i": "integers", "u": "integers"}
+    return names.get(kind, str(values.dtype))
 
 
 # -- requests ------------------------------------------------------------------------------

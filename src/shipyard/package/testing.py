@@ -21,13 +21,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, NoReturn, Sequence
 
 import msgspec
 import numpy as np
 
 from shipyard.package.config import PackageError
 from shipyard.package.examples import Example, first_mismatch, request_tensors
+from shipyard.protocol.errors import InvalidInput
 from shipyard.protocol.v2 import tensor_from_json
 from shipyard.runtimes.base import ModelSource
 
@@ -87,10 +88,10 @@ def run_examples(folder: Path, source: ModelSource, examples: Sequence[Example],
             outcomes += asyncio.run(_in_process(source, examples))
         if server is not None:
             status("Waiting for the server to load the model")
-            server.wait_ready(status)
+            url = server.wait_ready(status)
             if REST in paths:
                 status("Running the examples over REST")
-                outcomes += _over_rest(server.url, source.name, examples)
+                outcomes += _over_rest(url, source.name, examples)
             if GRPC in paths:
                 status("Running the examples over gRPC")
                 outcomes += _over_grpc(server.grpc_address, source.name, examples)
@@ -135,7 +136,7 @@ def json_outputs(answer: Any) -> dict[str, np.ndarray]:
     try:
         return {o["name"]: tensor_from_json(o["name"], o["datatype"], o["shape"], o.get("data"))
                 for o in answer["outputs"]}
-    except (KeyError, TypeError, ValueError) as exc:
+    except (InvalidInput, KeyError, TypeError, ValueError) as exc:
         raise RequestFailed(f"the answer is not a V2 inference response: {exc}") from None
 
 
@@ -254,7 +255,8 @@ def grpc_request(model: str, example: Example, signature: Sequence[Mapping[str, 
         try:
             getattr(item.contents, CONTENTS_FIELD[tensor.datatype]).extend(data)
         except (TypeError, ValueError) as exc:
-            raise RequestFailed(f"input '{tensor.name}': {tensor.datatype} contents cannot hold the data: {exc}") from None
+            raise RequestFailed(f"input '{tensor.name}': {tensor.datatype} contents cannot hold the data: "
+                                f"{exc}") from None
     for name in example.outputs or ():
         request.outputs.add(name=name)
     set_parameters(request.parameters, example.parameters)
@@ -264,7 +266,6 @@ def grpc_request(model: str, example: Example, signature: Sequence[Mapping[str, 
 def grpc_outputs(response: Any) -> dict[str, np.ndarray]:
     """The outputs of a ``ModelInferResponse`` (raw contents, as Shipyard and Triton send, or typed)."""
     from shipyard.protocol.binary import tensor_from_bytes
-    from shipyard.protocol.errors import InvalidInput
     from shipyard.protocol.grpc_codec import CONTENTS_FIELD
 
     outputs = {}
@@ -276,7 +277,8 @@ def grpc_outputs(response: Any) -> dict[str, np.ndarray]:
                                                          response.raw_output_contents[index])
             else:
                 values = list(getattr(output.contents, CONTENTS_FIELD[output.datatype]))
-                outputs[output.name] = np.array(values, dtype=object if output.datatype == "BYTES" else None).reshape(shape)
+                dtype = object if output.datatype == "BYTES" else None
+                outputs[output.name] = np.array(values, dtype=dtype).reshape(shape)
     except (InvalidInput, KeyError, ValueError) as exc:
         raise RequestFailed(f"the answer's output cannot be decoded: {exc}") from None
     return outputs
@@ -291,13 +293,13 @@ class PackageServer:
     def __init__(self, folder: Path, grpc: bool = True) -> None:
         command = [sys.executable, "-m", "shipyard", "serve", str(folder), "--host", "127.0.0.1",
                    "--http-port", "0", "--workers", "1", *(["--grpc-port", "0"] if grpc else ["--no-grpc"])]
-        self.grpc = grpc
         self.process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.lines: list[str] = []
         self.url: str | None = None
         self.grpc_address: str | None = None
-        threading.Thread(target=self._read_output, daemon=True).start()
+        self._reader = threading.Thread(target=self._read_output, daemon=True)
+        self._reader.start()
 
     def _read_output(self) -> None:
         assert self.process.stdout is not None
@@ -310,8 +312,9 @@ class PackageServer:
             if found and self.url is None:
                 self.url = found.group(1)
 
-    def wait_ready(self, status: Callable[[str], None], timeout: float = STARTUP_TIMEOUT_S) -> None:
-        """Wait until the server answers ready; raise PackageError with its output if it does not."""
+    def wait_ready(self, status: Callable[[str], None], timeout: float = STARTUP_TIMEOUT_S) -> str:
+        """Wait until the server answers ready and return its URL; raise PackageError with its output
+        if it does not get there."""
         import httpx
 
         deadline = time.monotonic() + timeout
@@ -321,7 +324,7 @@ class PackageServer:
             if self.url is not None:
                 try:
                     if httpx.get(f"{self.url}/v2/health/ready", timeout=2).status_code == 200:
-                        return
+                        return self.url
                 except httpx.TransportError:
                     pass
             if self.lines:
@@ -329,8 +332,9 @@ class PackageServer:
             time.sleep(0.1)
         self._failed(f"was not ready after {timeout:.0f}s")
 
-    def _failed(self, what: str) -> None:
-        time.sleep(0.1)  # let the reader thread take the last lines
+    def _failed(self, what: str) -> NoReturn:
+        if self.process.poll() is not None:
+            self._reader.join(5)  # its last lines
         tail = "\n".join(self.lines[-20:]) or "(no output)"
         raise PackageError(f"the test server (shipyard serve) {what}; its output:\n{tail}")
 
@@ -343,3 +347,4 @@ class PackageServer:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+        self._reader.join(5)  # its last lines

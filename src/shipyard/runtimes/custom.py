@@ -52,7 +52,10 @@ def _import(path: Path, name: str) -> Any:
     sys.path.insert(0, folder)  # let model.py import its sibling modules
     try:
         sys.modules[module_name] = module
-        spec.loader.exec_module(module)
+        # Compiled from source, not through the bytecode cache: a .pyc is trusted when the source's
+        # mtime (in whole seconds) and size match, so an edit within the same second would load
+        # stale code on reload.
+        exec(compile(path.read_bytes(), str(path), "exec"), module.__dict__)
     finally:
         if folder in sys.path:
             sys.path.remove(folder)

@@ -169,6 +169,31 @@ class ModelRepository:
                 current.model.unload()
             return candidate
 
+    async def reload(self, name: str, resolve: Callable[[], ModelSource]) -> str | None:
+        """Load a new version of ``name`` from ``resolve()`` next to the old one, then swap it in: the
+        old one finishes its in-flight requests and is unloaded. If the new version fails to load, the
+        old one keeps serving and its index ``reason`` says why. Returns that reason, or None."""
+        async with self._locks.setdefault(name, asyncio.Lock()):
+            current = self.entry(name)
+            try:
+                candidate = ModelEntry(create_model(resolve()))
+            except Exception as exc:  # a broken shipyard.yaml, an unknown format: the package's fault
+                error: str | None = f"{type(exc).__name__}: {exc}"
+            else:
+                await self._load_entry(candidate)
+                error = candidate.reason if candidate.state is not ModelState.READY else None
+            if error is not None:
+                if current.state is ModelState.READY:
+                    current.reason = f"reload failed, serving the previous version: {error}"
+                return error
+            self._entries[name] = candidate
+            if current.model.version != candidate.model.version:
+                self.metrics.loaded.labels(name, current.model.version).set(0)
+            if current.state is ModelState.READY:
+                await self._drain(current)
+                current.model.unload()
+            return None
+
     async def acquire(self, name: str, version: str | None = None) -> ModelEntry:
         """A ready model for a request. A model the repository has but has not loaded (or evicted)
         is loaded now, once however many requests ask (the request waits; it does not fail)."""

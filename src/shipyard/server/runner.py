@@ -22,6 +22,7 @@ from shipyard.server.batching import BatchPolicy
 from shipyard.server.dataplane import DataPlane
 from shipyard.server.http import HttpServer
 from shipyard.server.peers import Peers
+from shipyard.server.reloader import Reloader, WatchedModel
 from shipyard.server.repository import ModelEntry, ModelRepository, ModelState, SourceResolver
 from shipyard.server.rest import RestApp
 
@@ -45,6 +46,8 @@ class ServeOptions:
     workers: int = 1
     #: Bytes of model memory per worker before least recently used idle models are evicted.
     memory_limit: int | None = None
+    #: ``--reload``: models reloaded when their files change (single-process servers only).
+    reload: list[WatchedModel] = field(default_factory=list)
 
 
 @dataclass
@@ -154,6 +157,7 @@ async def run_worker(repository: ModelRepository, options: ServeOptions, setup: 
     loading = asyncio.ensure_future(repository.load_all())
     await asyncio.wait([loading, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
     failed = False
+    watcher: asyncio.Future[None] | None = None
     if loading.done():
         loaded = [entry for entry in loading.result() if entry in pending]
         if setup is None or setup.index == 0:
@@ -164,8 +168,13 @@ async def run_worker(repository: ModelRepository, options: ServeOptions, setup: 
             settle_garbage_collector()
             if setup is None:
                 say("Ready. Press Ctrl+C to stop.")
+                if options.reload:
+                    watcher = asyncio.ensure_future(Reloader(repository, options.reload).run())
+                    say(f"Watching {len(options.reload)} model(s) for changes (--reload).")
             await stop.wait()
 
+    if watcher is not None:
+        watcher.cancel()
     if setup is None:
         say("Stopping: finishing in-flight requests...")
     if grpc_server is not None:
