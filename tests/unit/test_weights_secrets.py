@@ -131,3 +131,16 @@ def test_s3_weight_through_fsspec(tmp_path, monkeypatch):
         assert link.read_bytes() == BLOB
     finally:
         server.stop()
+
+
+def test_artifact_that_is_a_weight_is_fetched_before_the_format_is_told(tmp_path, artifacts):
+    from shipyard.package.source import model_source
+
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "shipyard.yaml").write_text(
+        f"name: iris\nartifact: data/model.joblib\nweights:\n  - {{uri: '{artifacts['sk_logreg'].as_uri()}', path: data/model.joblib}}\n"
+    )
+    source, _ = model_source(package)
+    assert source.format == "sklearn" and source.path == package / "data" / "model.joblib"
+    assert source.path.is_symlink()

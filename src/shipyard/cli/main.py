@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from shipyard import __version__
-from shipyard.cli import predict, serve, test
+from shipyard.cli import build, predict, serve, test
 
 app = typer.Typer(
     name="shipyard",
@@ -18,6 +18,7 @@ app = typer.Typer(
 app.command("serve")(serve.serve)
 app.command("predict")(predict.predict)
 app.command("test")(test.test)
+app.command("build")(build.build)
 
 
 @app.command("version")

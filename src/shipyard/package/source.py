@@ -7,7 +7,9 @@ from pathlib import Path
 
 from shipyard.package.checks import input_checks
 from shipyard.package.prepare import prepare
+from shipyard.package.weights import materialise
 from shipyard.package.config import CONFIG_FILE, PackageError, check_name, read_config
+from shipyard.package.environment import isolation_for
 from shipyard.runtimes.base import ModelSource
 from shipyard.runtimes.registry import find_artifact, normalise_format, sniff_format
 
@@ -43,6 +45,8 @@ def _from_package(folder: Path, name: str | None) -> tuple[ModelSource, list[str
     target = folder
     if config.artifact:
         target = folder / config.artifact
+        if not target.exists() and config.weights:  # the artifact may be one of the weights to fetch
+            materialise(folder, config.weights)
         if not target.exists():
             raise PackageError(f"{where}: 'artifact' points to {config.artifact}, which does not exist")
     if config.format:
@@ -71,4 +75,6 @@ def _from_package(folder: Path, name: str | None) -> tuple[ModelSource, list[str
         version=config.version,
         options=options,
     )
+    # Isolated environments (package/environment.py): None when the server's own environment will do.
+    source.options["isolation"] = isolation_for(config, folder)
     return source, warnings
