@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import logging
 import shutil
-import signal
-import subprocess
 import threading
-from collections import deque
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +35,7 @@ from shipyard.runtimes.r_protocol import (
     predict_request,
 )
 from shipyard.runtimes.signature import package_config
+from shipyard.runtimes.worker_process import STOP_SECONDS, WorkerProcess
 
 INPUT_NAME = "input-0"
 WORKER_SCRIPT = Path(__file__).with_name("r_worker.R")
@@ -46,8 +44,6 @@ NUMERIC_CLASSES = frozenset({"numeric", "integer", "logical"})
 #: Like --vanilla, but reading .Renviron (R_LIBS_USER may point at the user's packages); profiles
 #: are skipped because what they print would reach stdout before the worker diverts it.
 R_OPTIONS = ("--no-save", "--no-restore", "--no-site-file", "--no-init-file")
-STDERR_LINES = 20
-STOP_SECONDS = 5.0
 
 log = logging.getLogger("shipyard.runtimes.r")
 
@@ -69,44 +65,15 @@ def find_rscript() -> str:
     return path
 
 
-class RWorker:
-    """One ``Rscript r_worker.R`` process, its pipes, and the last lines it wrote to stderr."""
+class RWorker(WorkerProcess):
+    """One ``Rscript r_worker.R`` process speaking :mod:`shipyard.runtimes.r_protocol`."""
 
     def __init__(self, label: str) -> None:
-        self.label = label
-        self.process: subprocess.Popen[bytes] | None = None
-        self.stderr_tail: deque[str] = deque(maxlen=STDERR_LINES)
-        self._drain: threading.Thread | None = None
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
+        super().__init__(label, "R worker", log, "R said")
 
     def start(self) -> None:
-        """Start the process; its own session keeps a terminal's Ctrl+C away from in-flight requests."""
-        self.stderr_tail.clear()
-        self.process = subprocess.Popen(
-            [find_rscript(), *R_OPTIONS, str(WORKER_SCRIPT), self.label],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-        )
-        assert self.process.stderr is not None
-        self._drain = threading.Thread(
-            target=self._pump_stderr, args=(self.process.stderr,), daemon=True, name=f"r-stderr-{self.label}"
-        )
-        self._drain.start()
-
-    def _pump_stderr(self, stream: IO[bytes]) -> None:
-        for raw in stream:
-            line = raw.decode("utf-8", errors="replace").rstrip()
-            if line:
-                self.stderr_tail.append(line)
-                log.info("R worker of model '%s': %s", self.label, line)
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        """Start the process (see :class:`WorkerProcess` for its session and stderr)."""
+        self.launch([find_rscript(), *R_OPTIONS, str(WORKER_SCRIPT), self.label])
 
     def exchange(self, request: bytes) -> ReplyReader:
         """Send one request; return a reader positioned after a successful reply's status."""
@@ -120,58 +87,6 @@ class RWorker:
         reader = ReplyReader(self.process.stdout)
         reader.status()
         return reader
-
-    def stop(self) -> None:
-        """Close its stdin (the worker exits at end of input), then kill it if it lingers."""
-        process = self.process
-        if process is None:
-            return
-        if process.poll() is None:
-            try:
-                assert process.stdin is not None
-                process.stdin.close()
-            except OSError:
-                pass
-            try:
-                process.wait(STOP_SECONDS)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        for stream in (process.stdin, process.stdout):
-            if stream is not None and not stream.closed:
-                try:
-                    stream.close()
-                except OSError:  # pragma: no cover - a broken pipe on close
-                    pass
-        if self._drain is not None:
-            self._drain.join(1.0)
-
-    def kill(self) -> None:
-        """End the process now (it broke the protocol or a request must not wait any longer)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-
-    def exit_report(self) -> str:
-        """How the process ended and what it last wrote to stderr; stops it if it still runs."""
-        process = self.process
-        if process is None:
-            return "it never started"
-        try:
-            process.wait(STOP_SECONDS)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        self.stop()
-        code = process.returncode
-        if code is not None and code < 0:
-            try:
-                how = f"killed by {signal.Signals(-code).name}"
-            except ValueError:
-                how = f"killed by signal {-code}"
-        else:
-            how = f"exit code {code}"
-        tail = " | ".join(self.stderr_tail)
-        return f"pid {process.pid}, {how}" + (f"; R said: {tail}" if tail else "")
 
 
 def _string_key(config: dict[str, Any], key: str, name: str) -> str:

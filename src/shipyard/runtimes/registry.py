@@ -119,5 +119,11 @@ def runtime_class(fmt: str) -> type[Model]:
 
 
 def create_model(source: ModelSource) -> Model:
-    """Instantiate (not load) the runtime for a resolved source."""
+    """Instantiate (not load) the runtime for a resolved source. A package that needs its own
+    environment (``source.options["isolation"]``, set by ``shipyard.package.environment``) gets a
+    worker process in it."""
+    if source.options.get("isolation") is not None:
+        from shipyard.runtimes.isolated import IsolatedModel  # imports this module
+
+        return IsolatedModel(source)
     return runtime_class(source.format)(source)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any, BinaryIO, Union
+from typing import IO, Any, Union
 
 import numpy as np
 
@@ -74,7 +74,7 @@ def encode(header: dict[str, Any], tensors: Tensors | None = None) -> list[Buffe
     for name, value in (tensors or {}).items():
         array = np.asarray(value)
         try:
-            datatype = datatype_of(array.dtype)
+            datatype = datatype_of(array.dtype if array.dtype.isnative else array.dtype.newbyteorder("="))
         except ValueError as exc:
             raise ValueError(f"tensor '{name}': {exc}") from None
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(array.shape)}
@@ -91,16 +91,21 @@ def encode(header: dict[str, Any], tensors: Tensors | None = None) -> list[Buffe
     return [MAGIC, _LENGTH.pack(len(head)), head, *payload]
 
 
-def write(stream: BinaryIO, header: dict[str, Any], tensors: Tensors | None = None) -> None:
-    """Encode a message, then write and flush it (nothing is written if encoding fails)."""
-    for part in encode(header, tensors):
+def send(stream: IO[bytes], parts: list[Buffer]) -> None:
+    """Write an encoded message and flush it."""
+    for part in parts:
         if _size(part):
-            stream.write(part)
+            stream.write(part.data if isinstance(part, np.ndarray) else part)
     stream.flush()
 
 
+def write(stream: IO[bytes], header: dict[str, Any], tensors: Tensors | None = None) -> None:
+    """Encode a message, then write and flush it (nothing is written if encoding fails)."""
+    send(stream, encode(header, tensors))
+
+
 # -- reading ---------------------------------------------------------------------------------------
-def _exactly(stream: BinaryIO, size: int, what: str) -> bytearray:
+def _exactly(stream: IO[bytes], size: int, what: str) -> bytearray:
     buffer = bytearray(size)
     view = memoryview(buffer)
     got = 0
@@ -161,7 +166,7 @@ def _check_entry(entry: Any) -> dict[str, Any]:
     return entry
 
 
-def read(stream: BinaryIO) -> tuple[dict[str, Any], Tensors]:
+def read(stream: IO[bytes]) -> tuple[dict[str, Any], Tensors]:
     """Read one message: its header (without ``"tensors"``) and its tensors, which are writable.
 
     Raises :class:`PipeClosed` when the stream ends (before or inside a message) and
