@@ -15,19 +15,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from shipyard.package.build import (
-    BuildError,
-    BuildOptions,
-    build_context,
-    image_reference,
-    inference_service,
-    kubernetes_name,
-    plan_build,
-    render_dockerfile,
-    render_requirements,
-    serving_runtime,
-)
+from shipyard.package.build import BuildOptions, build_context, image_reference, plan_build
+from shipyard.package.build_plan import BuildError
 from shipyard.package.config import PackageError
+from shipyard.package.image import render_dockerfile, render_requirements
+from shipyard.package.manifests import inference_service, kubernetes_name, serving_runtime
 
 CRDS = Path(__file__).resolve().parents[2].parent / "shared" / "crds"
 SECRET_VALUE = "s3cr3t-value-never-in-the-image"

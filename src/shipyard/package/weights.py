@@ -101,9 +101,14 @@ def fetch(weight: Weight, where: str) -> Path:
     return target
 
 
+def weight_path(weight: Weight) -> Path:
+    """Where a weight appears inside its package (default ``data/<file name of its uri>``)."""
+    return Path(weight.path or Path("data") / file_name(weight.uri))
+
+
 def link_into(package: Path, weight: Weight, cached: Path, where: str) -> Path:
     """Make ``package/<path>`` a symlink to the cached file (atomically); return the link."""
-    relative = Path(weight.path or Path("data") / file_name(weight.uri))
+    relative = weight_path(weight)
     if relative.is_absolute() or ".." in relative.parts:
         raise PackageError(f"{where}: path '{relative}' must be relative and stay inside the package")
     link = package / relative
