@@ -35,8 +35,10 @@ def build(
     ),
     force: bool = typer.Option(False, "--force", help="Replace OUT if it is not empty."),
 ) -> None:
-    """Write a container build context for a model package: Dockerfile, pinned requirements, a copy of the
-    package, KServe manifests and a README with the commands to build, run, push and deploy.
+    """Write a container build context and KServe manifests for a package.
+
+    OUT gets a Dockerfile, pinned requirements, a copy of the package, KServe manifests and a README
+    with the commands to build, run, push and deploy.
 
     [b]Examples[/b]
 

@@ -5,19 +5,22 @@ from __future__ import annotations
 import typer
 
 from shipyard import __version__
-from shipyard.cli import build, predict, serve, test
+from shipyard.cli import build, package, predict, serve, test
 
 app = typer.Typer(
     name="shipyard",
-    help="Take a model to production on one machine: serve it with the KServe V1/V2 protocols.",
+    help="Take a model to production on one machine: package it, test it, serve it (KServe V1/V2, REST and "
+    "gRPC) and ship it as a container with KServe manifests.",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+app.command("init")(package.init)
+app.command("package")(package.package)
+app.command("test")(test.test)
 app.command("serve")(serve.serve)
 app.command("predict")(predict.predict)
-app.command("test")(test.test)
 app.command("build")(build.build)
 
 

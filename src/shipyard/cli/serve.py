@@ -93,7 +93,7 @@ def serve(
     ),
     log_level: str = typer.Option("warning", help="debug, info, warning or error."),
 ) -> None:
-    """Serve models over the Open Inference Protocol (V2) and KServe V1 REST.
+    """Serve models over the Open Inference Protocol (V2, REST and gRPC) and KServe V1.
 
     [b]Examples[/b]
 

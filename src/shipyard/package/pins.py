@@ -122,17 +122,13 @@ def pin_modules(modules: Iterable[str]) -> tuple[list[str], list[str]]:
             continue
         distribution = distribution_of(module)
         if distribution is None:
-            if top not in unowned and not _is_shipyard(top):
+            if top not in unowned and top != "shipyard":
                 unowned.append(top)
             continue
         if distribution.lower() in NEVER_PINNED:
             continue
         pins.setdefault(distribution.lower(), pin(distribution))
     return sorted(pins.values(), key=str.lower), unowned
-
-
-def _is_shipyard(top: str) -> bool:
-    return top == "shipyard"
 
 
 def format_requirements(fmt: str, extra_modules: Iterable[str] = ()) -> tuple[list[str], list[str]]:
