@@ -12,7 +12,7 @@ APT_PACKAGES := curl r-base-core r-cran-rpart
 .PHONY: demo test bench install clean help grpc-stubs
 
 help:
-	@echo "make demo   - set up .venv, train a small model, serve it and query it (V1 and V2)"
+	@echo "make demo   - set up .venv, train and package a model, test it, serve it, query it (V1 and V2), build its image context"
 	@echo "make test   - set up .venv and run the whole test suite"
 	@echo "make bench  - benchmark Shipyard against KServe and MLServer (docs/performance.md)"
 	@echo "make clean  - remove .venv and caches"
