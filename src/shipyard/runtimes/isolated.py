@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from shipyard.protocol.errors import InferenceError, ModelFailed
 from shipyard.runtimes import tensor_pipe
 from shipyard.runtimes.base import Model, ModelSource, TensorSpec, Tensors
 from shipyard.runtimes.registry import runtime_class
-from shipyard.runtimes.worker_process import STOP_SECONDS, WorkerProcess
+from shipyard.runtimes.worker_process import ProcessModel, WorkerProcess
 
 WORKER_MODULE = "shipyard.runtimes.isolated_worker"
 #: Source options that are objects of this process, not data the worker could use.
@@ -79,14 +78,14 @@ def _specs(described: list[dict[str, Any]]) -> list[TensorSpec]:
     return [TensorSpec(item["name"], item["datatype"], tuple(item["shape"])) for item in described]
 
 
-class IsolatedModel(Model):
+class IsolatedModel(ProcessModel):
     """Serves a model through a worker process in the package's own virtual environment."""
 
     #: The package's environment variables go to the worker, not to this process.
     in_process = False
 
     def __init__(self, source: ModelSource) -> None:
-        super().__init__(source)
+        super().__init__(source, WorkerProcess(source.name, "isolated worker", log, "it said"))
         isolation = source.options.get("isolation")
         if not isinstance(isolation, Isolation):
             raise TypeError(
@@ -101,20 +100,11 @@ class IsolatedModel(Model):
         self._platform = runtime.format
         #: The environment's python, once loaded.
         self.python: Path | None = None
-        #: How many times a dead worker was replaced.
-        self.restarts = 0
-        self._worker = WorkerProcess(source.name, "isolated worker", log, "it said")
-        self._lock = threading.Lock()
-        self._unloaded = False
 
     @property
     def platform(self) -> str:
         return self._platform
 
-    @property
-    def worker_pid(self) -> int | None:
-        """The process id of the worker, if one was started."""
-        return self._worker.pid
 
     def load(self) -> None:
         log.info("model '%s' runs in its own environment: %s", self.name, self.isolation.reason)
@@ -202,24 +192,4 @@ class IsolatedModel(Model):
             raise InferenceError.with_status(int(reply.get("status", 500)), str(reply.get("error")))
         return result
 
-    def _ensure_worker(self) -> None:
-        """Replace a worker that died since the last request (the caller holds the lock)."""
-        if self._worker.alive():
-            return
-        report = self._worker.exit_report()
-        log.warning("the worker of model '%s' had stopped (%s); starting a new one", self.name, report)
-        self.restarts += 1
-        self._start()
 
-    def unload(self) -> None:
-        """Stop the worker; an in-flight request gets STOP_SECONDS to finish before it is killed."""
-        locked = self._lock.acquire(timeout=STOP_SECONDS)
-        try:
-            self._unloaded = True
-            if not locked:
-                self._worker.kill()
-            self._worker.stop()
-        finally:
-            if locked:
-                self._lock.release()
-        super().unload()

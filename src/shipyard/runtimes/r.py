@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import logging
 import shutil
-import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from shipyard.protocol.errors import InvalidInput
-from shipyard.runtimes.base import Model, ModelSource, TensorSpec, Tensors, empty_like_spec, spec_of
+from shipyard.runtimes.base import ModelSource, TensorSpec, Tensors, empty_like_spec, spec_of
 from shipyard.runtimes.r_protocol import (
     Description,
     ProtocolError,
@@ -35,7 +34,7 @@ from shipyard.runtimes.r_protocol import (
     predict_request,
 )
 from shipyard.runtimes.signature import package_config
-from shipyard.runtimes.worker_process import STOP_SECONDS, WorkerProcess
+from shipyard.runtimes.worker_process import ProcessModel, WorkerProcess
 
 INPUT_NAME = "input-0"
 WORKER_SCRIPT = Path(__file__).with_name("r_worker.R")
@@ -132,29 +131,20 @@ def _text(value: Any) -> bytes:
     return ("" if value is None else str(value)).encode("utf-8")
 
 
-class RModel(Model):
+class RModel(ProcessModel):
     """Serves an ``.rds`` model through its own R worker process, one request at a time."""
 
     format = "r"
 
     def __init__(self, source: ModelSource) -> None:
-        super().__init__(source)
+        super().__init__(source, RWorker(source.name))
         self.columns: list[str] = []
         self.classes: list[str] = []
         self.model_class = ""
-        #: How many times a dead worker was replaced.
-        self.restarts = 0
-        self._worker = RWorker(source.name)
-        self._lock = threading.Lock()
-        self._unloaded = False
         self._type = ""
         self._packages: list[str] = []
         self._declared_columns: list[str] = []
 
-    @property
-    def worker_pid(self) -> int | None:
-        """The process id of the R worker, if one was started."""
-        return self._worker.pid
 
     def load(self) -> None:
         config = package_config(self.source)
@@ -235,24 +225,4 @@ class RModel(Model):
             raise RWorkerFailed(f"R's predict() gave no output '{missing[0]}'; it gave: {', '.join(result)}")
         return {name: result[name] for name in outputs}
 
-    def _ensure_worker(self) -> None:
-        """Replace a worker that died since the last request (the caller holds the lock)."""
-        if self._worker.alive():
-            return
-        report = self._worker.exit_report()
-        log.warning("the R worker of model '%s' had stopped (%s); starting a new one", self.name, report)
-        self.restarts += 1
-        self._start()
 
-    def unload(self) -> None:
-        """Stop the worker; an in-flight request gets STOP_SECONDS to finish before it is killed."""
-        locked = self._lock.acquire(timeout=STOP_SECONDS)
-        try:
-            self._unloaded = True
-            if not locked:
-                self._worker.kill()
-            self._worker.stop()
-        finally:
-            if locked:
-                self._lock.release()
-        super().unload()

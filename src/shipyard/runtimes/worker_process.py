@@ -13,7 +13,9 @@ import subprocess
 import threading
 from collections import deque
 from pathlib import Path
-from typing import IO, Sequence
+from typing import IO, Any, Sequence
+
+from shipyard.runtimes.base import Model, ModelSource
 
 STDERR_LINES = 20
 STOP_SECONDS = 5.0
@@ -125,3 +127,51 @@ class WorkerProcess:
             how = f"exit code {code}"
         tail = " | ".join(self.stderr_tail)
         return f"pid {process.pid}, {how}" + (f"; {self.said}: {tail}" if tail else "")
+
+
+class ProcessModel(Model):
+    """A model answered by a :class:`WorkerProcess`, one request at a time; a dead worker is replaced.
+
+    Subclasses implement :meth:`_start` (launch the worker and have it load the model) and hold
+    :attr:`_lock` while they speak to it.
+    """
+
+    def __init__(self, source: ModelSource, worker: WorkerProcess) -> None:
+        super().__init__(source)
+        #: How many times a dead worker was replaced.
+        self.restarts = 0
+        self._worker = worker
+        self._lock = threading.Lock()
+        self._unloaded = False
+
+    @property
+    def worker_pid(self) -> int | None:
+        """The process id of the worker, if one was started."""
+        return self._worker.pid
+
+    def _start(self) -> Any:
+        """Start a worker and load the model in it; the caller holds the lock."""
+        raise NotImplementedError
+
+    def _ensure_worker(self) -> None:
+        """Replace a worker that died since the last request (the caller holds the lock)."""
+        if self._worker.alive():
+            return
+        report = self._worker.exit_report()
+        self._worker.log.warning("the %s of model '%s' had stopped (%s); starting a new one",
+                                 self._worker.kind, self.name, report)
+        self.restarts += 1
+        self._start()
+
+    def unload(self) -> None:
+        """Stop the worker; an in-flight request gets STOP_SECONDS to finish before it is killed."""
+        locked = self._lock.acquire(timeout=STOP_SECONDS)
+        try:
+            self._unloaded = True
+            if not locked:
+                self._worker.kill()
+            self._worker.stop()
+        finally:
+            if locked:
+                self._lock.release()
+        super().unload()
