@@ -1,0 +1,223 @@
+"""The gateway's REST side: a reverse proxy app for ``server/http.py``'s HttpServer.
+
+A request finds its InferenceService by ``Host: [latest-|prev-]{isvc}.{namespace}.{domain}``
+(every path is then forwarded, as KServe's ingress does) or by the model name in
+``/v2/models/{name}/...`` and ``/v1/models/{name}[:verb]`` (namespace from the Host, else
+``default``). A tag or revision in ``x-shipyard-revision`` (or the host's ``latest-``/``prev-``)
+picks a revision; otherwise the weighted split does. Bodies and answers pass through byte for
+byte (binary tensors and compressed bodies included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from urllib.parse import unquote
+
+import httpx
+
+from shipyard import __version__
+from shipyard.control.gateway.observe import Observer
+from shipyard.control.gateway.routing import DEFAULT_NAMESPACE, Backend, Replica, RouteTable, Router
+from shipyard.control.gateway.shadow import Answer, Mirror, ShadowJob
+from shipyard.protocol.errors import InferenceError, NotFound
+from shipyard.protocol.v2 import encode
+from shipyard.server.rest import JSON, Request, Response, error_response, json_response
+
+log = logging.getLogger("shipyard.gateway")
+
+#: Request header (and gRPC metadata key) naming a revision or tag; also set on every answer.
+REVISION_HEADER = "x-shipyard-revision"
+GATEWAY_NAME = "shipyard-gateway"
+#: Request headers a replica needs; the rest (hop-by-hop, host...) stay here.
+FORWARD_REQUEST_HEADERS = ("content-type", "inference-header-content-length", "content-encoding",
+                           "accept", "x-request-id", "traceparent", "tracestate")
+#: Answer headers passed back (content-type and content-length are rendered by the server).
+FORWARD_RESPONSE_HEADERS = ("content-encoding", "inference-header-content-length", "retry-after", "x-request-id")
+#: Seconds to wait for a TCP connection to a replica (it is on this machine).
+CONNECT_TIMEOUT_S = 5.0
+
+
+def new_client(max_connections: int = 512) -> httpx.AsyncClient:
+    """One pooled HTTP/1.1 keep-alive client for every replica. No overall timeout here: each
+    request gets its table's ``timeout_s``; no cookies, no redirects, no decompression."""
+    return httpx.AsyncClient(
+        http1=True,
+        http2=False,
+        timeout=httpx.Timeout(None, connect=CONNECT_TIMEOUT_S),
+        limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections // 2,
+                            keepalive_expiry=30.0),
+        follow_redirects=False,
+        trust_env=False,
+    )
+
+
+def is_inference(method: str, path: str) -> bool:
+    """Requests that shadow traffic copies: V2 infer and V1 predict."""
+    return method == "POST" and (path.endswith("/infer") or path.endswith(":predict"))
+
+
+async def send(client: httpx.AsyncClient, backend: Backend, method: str, path: str, headers: dict[str, str],
+               body: bytes, timeout_s: float) -> Answer:
+    """Send one request to a replica of ``backend``. A replica that refuses the connection (so
+    nothing was sent) is marked down and the request goes once to another replica of the same
+    revision. Failures become answers: 502 (unreachable, broken answer), 504 (timeout)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    replica: Replica | None = backend.pool.next("http")
+    if replica is None:
+        return _failed(503, f"revision '{backend.revision}' has no replica with an HTTP address", started, loop)
+    tried: list[str] = []
+    try:
+        async with asyncio.timeout(timeout_s):
+            while True:
+                try:
+                    status, answer_headers, answer_body = await _exchange(client, method, replica.http + path,
+                                                                          headers, body)
+                    return Answer(status, answer_body, answer_headers, (loop.time() - started) * 1000.0,
+                                  server_error=status >= 500)
+                except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+                    backend.pool.mark_down(replica)
+                    tried.append(f"{replica.http} ({str(exc) or type(exc).__name__})")
+                    other = backend.pool.next("http", exclude=replica)
+                    if len(tried) > 1 or other is None:
+                        return _failed(502, f"revision '{backend.revision}' could not be reached: "
+                                       f"{'; '.join(tried)}", started, loop)
+                    replica = other
+    except TimeoutError:
+        return _failed(504, f"revision '{backend.revision}' did not answer within {timeout_s:g}s "
+                       f"(the route's timeout)", started, loop)
+    except httpx.HTTPError as exc:
+        return _failed(502, f"revision '{backend.revision}' replica {replica.http} failed: "
+                       f"{type(exc).__name__}: {exc}", started, loop)
+
+
+async def _exchange(client: httpx.AsyncClient, method: str, url: str, headers: dict[str, str],
+                    body: bytes) -> tuple[int, dict[str, str], bytes]:
+    request = client.build_request(method, url, content=body, headers=headers)
+    response = await client.send(request, stream=True)
+    try:
+        raw = b"".join([chunk async for chunk in response.aiter_raw()])  # still encoded: passed as is
+    finally:
+        await response.aclose()
+    kept = {name: response.headers[name] for name in (*FORWARD_RESPONSE_HEADERS, "content-type")
+            if name in response.headers}
+    return response.status_code, kept, raw
+
+
+def _failed(status: int, message: str, started: float, loop: asyncio.AbstractEventLoop) -> Answer:
+    return Answer(status, encode({"error": message}), {"content-type": JSON},
+                  (loop.time() - started) * 1000.0, failure=message, server_error=True)
+
+
+class RestProxy:
+    """The ``App`` (Request -> Response) of the gateway's HTTP listener."""
+
+    def __init__(self, router: Router, observer: Observer, mirror: Mirror, client: httpx.AsyncClient,
+                 shadow_client: httpx.AsyncClient) -> None:
+        self.router = router
+        self.observer = observer
+        self.mirror = mirror
+        self.client = client
+        self.shadow_client = shadow_client
+
+    async def __call__(self, request: Request) -> Response:
+        try:
+            return await self._dispatch(request)
+        except Exception as exc:  # a bug of ours: say so, keep serving
+            log.exception("gateway failed on %s %s", request.method, request.path)
+            return error_response(500, f"gateway error: {type(exc).__name__}: {exc}")
+
+    async def _dispatch(self, request: Request) -> Response:
+        try:
+            return await self._route(request)
+        except InferenceError as exc:
+            response = error_response(exc.status, exc.message)
+            if exc.status == 503:
+                response.headers.append(("retry-after", "1"))
+            return response
+
+    async def _route(self, request: Request) -> Response:
+        host = request.headers.get("host")
+        hit = self.router.by_host(host)
+        if hit is not None:
+            table, tag = hit
+            return await self._proxy(request, table, table.choose(request.headers.get(REVISION_HEADER) or tag))
+        segments = [unquote(part) for part in request.path.strip("/").split("/")]
+        namespace = self.router.namespace_of(host)
+        match segments:
+            case [""]:
+                return json_response({"status": "alive"})
+            case ["v2"]:
+                return json_response({"name": GATEWAY_NAME, "version": __version__, "extensions": []})
+            case ["v2", "health", "live"]:
+                return json_response({"live": True})
+            case ["v2", "health", "ready"]:
+                return json_response({"ready": True})
+            case ["v2", "models"] | ["v1", "models"]:
+                return self._service_list(namespace)
+            case ["v2", "models", "stats"]:
+                raise NotFound("the gateway keeps no statistics of all models; ask for one model's at "
+                               "/v2/models/{name}/stats (answered by one of its replicas)")
+            case ["v2", "models", name, *_]:
+                table = self.router.find(name, namespace)
+            case ["v1", "models", target, *_]:
+                table = self.router.find(target.split(":", 1)[0], namespace)
+            case ["v2", "repository", *_]:
+                raise NotFound("the gateway has no model repository API; InferenceServices change with "
+                               "`shipyard apply`")
+            case _:
+                raise NotFound(f"no route for {request.path}; the gateway serves /v2/models/{{name}}/... and "
+                               "/v1/models/{name}[:predict], or any path with Host: {isvc}.{namespace}.{domain}")
+        return await self._proxy(request, table, table.choose(request.headers.get(REVISION_HEADER)))
+
+    def _service_list(self, namespace: str | None) -> Response:
+        if not namespace or not self.router.has_namespace(namespace):
+            namespace = DEFAULT_NAMESPACE
+        tables = sorted(self.router.tables.values(), key=lambda t: t.key)
+        return json_response({
+            "models": [t.isvc for t in tables if t.namespace == namespace],
+            "services": [t.summary() for t in tables],
+        })
+
+    async def _proxy(self, request: Request, table: RouteTable, backend: Backend) -> Response:
+        headers = {name: request.headers[name] for name in FORWARD_REQUEST_HEADERS if name in request.headers}
+        # without it httpx would ask for gzip; the client's own wish goes to the replica unchanged
+        headers["accept-encoding"] = request.headers.get("accept-encoding", "identity")
+        live: asyncio.Future[Answer] | None = None
+        if is_inference(request.method, request.path):
+            shadow = table.mirror()
+            if shadow is not None and shadow.revision != backend.revision:
+                live = asyncio.get_running_loop().create_future()
+                self._mirror(table, shadow, request, headers, live)
+        started = self.observer.begin(backend.revision)  # same tick as the pick: drain sees it
+        answer: Answer | None = None
+        try:
+            answer = await send(self.client, backend, request.method, request.path, headers, request.body,
+                                table.timeout_s)
+        finally:
+            self.observer.end(backend.revision, started, answer is not None and not answer.server_error)
+            if live is not None:
+                live.set_result(answer or Answer(0, failure="the live request was cancelled"))
+        if answer.failure:
+            log.warning("%s %s -> %s: %s", request.method, request.path, answer.status, answer.failure)
+        content_type = answer.headers.get("content-type", JSON)
+        headers_out = [(name, answer.headers[name]) for name in FORWARD_RESPONSE_HEADERS if name in answer.headers]
+        headers_out.append((REVISION_HEADER, backend.revision))
+        return Response(answer.status, answer.body, content_type, headers_out)
+
+    def _mirror(self, table: RouteTable, shadow: Backend, request: Request, headers: dict[str, str],
+                live: "asyncio.Future[Answer]") -> None:
+        shadow_headers = {**headers, "accept-encoding": "identity"}
+        method, path, body, timeout = request.method, request.path, request.body, table.timeout_s
+
+        async def send_copy() -> Answer:
+            started = self.observer.begin(shadow.revision)
+            answer = None
+            try:
+                answer = await send(self.shadow_client, shadow, method, path, shadow_headers, body, timeout)
+                return answer
+            finally:
+                self.observer.end(shadow.revision, started, answer is not None and not answer.server_error)
+
+        self.mirror.submit(ShadowJob(table.key, shadow.revision, "rest", path, send_copy, live))

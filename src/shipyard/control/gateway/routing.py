@@ -1,0 +1,355 @@
+"""Route tables: which revisions of an InferenceService get which share of its traffic.
+
+The controller publishes one table per InferenceService (``store.set_routes``)::
+
+    {"isvc": "iris", "namespace": "default", "protocol": "v2", "timeout_s": 60,
+     "backends": [{"revision": "iris-predictor-00002", "percent": 20, "tags": ["latest"],
+                   "replicas": [{"http": "http://127.0.0.1:41233", "grpc": "127.0.0.1:41234"}]}, ...],
+     "shadow": {"revision": "...", "percent": 100, "replicas": [...]} | null,
+     "version": 17}
+
+The weighted split is a smooth weighted round robin (nginx's): deterministic, and exact over
+every run of ``sum(percent)`` requests, so a 20% canary gets 200 of 1,000 requests, not
+"about 200". Within a revision, replicas take turns; one that refused a connection sits out
+for a moment.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Mapping
+
+from shipyard.protocol.errors import NotFound, NotReady
+
+#: Seconds a request may take when the table does not say (Knative's default revision timeout).
+DEFAULT_TIMEOUT_S = 300.0
+#: Seconds a replica that refused a connection is skipped while its siblings can serve.
+EJECT_S = 2.0
+#: Tags every table may use in ``latest-``/``prev-`` host names and the revision header.
+HOST_TAGS = ("latest", "prev")
+DEFAULT_NAMESPACE = "default"
+
+Key = tuple[str, str]  # (namespace, isvc)
+
+
+class RouteTableError(ValueError):
+    """A route table that cannot be used; the message names the field."""
+
+
+@dataclass(frozen=True)
+class Replica:
+    """Where one replica of a revision listens."""
+
+    http: str | None
+    grpc: str | None
+
+
+class Pool:
+    """The replicas of one revision, taken in turn."""
+
+    def __init__(self, revision: str, replicas: Iterable[Replica]) -> None:
+        self.revision = revision
+        self.replicas = tuple(replicas)
+        self._turn = 0
+        self._down_until: dict[Replica, float] = {}
+
+    def __len__(self) -> int:
+        return len(self.replicas)
+
+    def next(self, transport: str = "http", exclude: Replica | None = None) -> Replica | None:
+        """The next replica with an address for ``transport`` ("http" or "grpc"), other than
+        ``exclude``; replicas marked down are skipped unless nothing else is left."""
+        candidates = [r for r in self.replicas if getattr(r, transport) and r != exclude]
+        if not candidates:
+            return None
+        now = time.monotonic()
+        healthy = [r for r in candidates if self._down_until.get(r, 0.0) <= now] or candidates
+        replica = healthy[self._turn % len(healthy)]
+        self._turn += 1
+        return replica
+
+    def mark_down(self, replica: Replica) -> None:
+        """``replica`` refused a connection: skip it for EJECT_S while others can serve."""
+        self._down_until[replica] = time.monotonic() + EJECT_S
+
+
+@dataclass
+class Backend:
+    """One revision in a table: its share of traffic, its tags and its replicas."""
+
+    revision: str
+    percent: int
+    tags: tuple[str, ...]
+    pool: Pool
+
+
+@dataclass
+class RouteTable:
+    """One InferenceService's routes, as parsed from the controller's JSON."""
+
+    namespace: str
+    isvc: str
+    protocol: str
+    backends: list[Backend]
+    shadow: Backend | None
+    version: int
+    timeout_s: float
+    _weights: list[int] = field(default_factory=list, repr=False)
+    _shadow_credit: int = field(default=0, repr=False)
+
+    @property
+    def key(self) -> Key:
+        return (self.namespace, self.isvc)
+
+    @classmethod
+    def parse(cls, key: Key, raw: Any) -> "RouteTable":
+        """Check and parse a table; RouteTableError names the first bad field."""
+        namespace, isvc = key
+        where = f"route table {namespace}/{isvc}"
+        if not isinstance(raw, Mapping):
+            raise RouteTableError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+        for name, expected in (("isvc", isvc), ("namespace", namespace)):
+            if raw.get(name, expected) != expected:
+                raise RouteTableError(f"{where}: '{name}' is {raw.get(name)!r} but the table is stored under {expected!r}")
+        version = raw.get("version", 0)
+        if not isinstance(version, int) or isinstance(version, bool):
+            raise RouteTableError(f"{where}: 'version' must be an integer, got {version!r}")
+        timeout = raw.get("timeout_s")
+        if timeout is None:
+            timeout = DEFAULT_TIMEOUT_S
+        elif isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise RouteTableError(f"{where}: 'timeout_s' must be a positive number of seconds, got {timeout!r}")
+        backends_raw = raw.get("backends", [])
+        if not isinstance(backends_raw, list):
+            raise RouteTableError(f"{where}: 'backends' must be a list, got {type(backends_raw).__name__}")
+        backends = [_backend(item, f"{where}: backends[{i}]") for i, item in enumerate(backends_raw)]
+        revisions = [b.revision for b in backends]
+        duplicates = sorted({r for r in revisions if revisions.count(r) > 1})
+        if duplicates:
+            raise RouteTableError(f"{where}: revision {duplicates[0]!r} appears in more than one backend")
+        shadow_raw = raw.get("shadow")
+        shadow = None if shadow_raw is None else _backend(shadow_raw, f"{where}: shadow", default_percent=100)
+        protocol = raw.get("protocol", "v2")
+        if not isinstance(protocol, str):
+            raise RouteTableError(f"{where}: 'protocol' must be a string, got {protocol!r}")
+        return cls(namespace, isvc, protocol, backends, shadow, version, float(timeout),
+                   _weights=[0] * len(backends))
+
+    # -- choosing a backend ----------------------------------------------------------------------
+    def pick(self) -> Backend | None:
+        """The backend for the next untagged request (weighted by percent, among backends that
+        have replicas), or None when no revision with a share of traffic has a replica."""
+        best, total = -1, 0
+        weights = self._weights
+        for i, backend in enumerate(self.backends):
+            if backend.percent <= 0 or not len(backend.pool):
+                continue
+            weights[i] += backend.percent
+            total += backend.percent
+            if best < 0 or weights[i] > weights[best]:
+                best = i
+        if best < 0:
+            return None
+        weights[best] -= total
+        return self.backends[best]
+
+    def select(self, name: str) -> Backend | None:
+        """The backend a tag (``latest``, ``prev``...) or a revision name asks for, whatever its
+        share of traffic (blue-green: a dark revision is reached through its tag). The shadow
+        revision can be asked for by name too."""
+        for backend in self.backends:
+            if backend.revision == name:
+                return backend
+        for backend in self.backends:
+            if name in backend.tags:
+                return backend
+        if self.shadow is not None and self.shadow.revision == name:
+            return self.shadow
+        return None
+
+    def mirror(self) -> Backend | None:
+        """The shadow backend if this request is to be mirrored (``percent`` of requests, evenly)."""
+        shadow = self.shadow
+        if shadow is None or not len(shadow.pool):
+            return None
+        self._shadow_credit += shadow.percent
+        if self._shadow_credit < 100:
+            return None
+        self._shadow_credit -= 100
+        return shadow
+
+    def choose(self, wanted: str | None = None) -> Backend:
+        """The backend for a request: the one ``wanted`` (a tag or revision) names, else the weighted
+        split's pick. NotFound for an unknown tag; NotReady (503) when it has no replica."""
+        if wanted:
+            backend = self.select(wanted)
+            if backend is None:
+                raise NotFound(f"'{wanted}' is neither a revision nor a tag of inference service "
+                               f"'{self.namespace}/{self.isvc}'; it has {self.describe()}")
+        else:
+            backend = self.pick()
+        service = f"inference service '{self.namespace}/{self.isvc}'"
+        if backend is not None and len(backend.pool):
+            return backend
+        if backend is not None:
+            raise NotReady(f"revision '{backend.revision}' of {service} has no ready replica yet; retry shortly")
+        if not any(b.percent > 0 for b in self.backends):
+            raise NotReady(f"no revision of {service} takes traffic (revisions: {self.describe()}); "
+                           "reach one with its tag or name in the x-shipyard-revision header")
+        raise NotReady(f"{service} has no ready replica in a revision that takes traffic yet "
+                       f"(revisions: {self.describe()}); retry shortly")
+
+    def revisions(self) -> set[str]:
+        """Every revision this table can send a request to (backends and shadow)."""
+        names = {b.revision for b in self.backends}
+        if self.shadow is not None:
+            names.add(self.shadow.revision)
+        return names
+
+    def describe(self) -> str:
+        """Revisions and tags, for error messages: ``a (20%, latest), b (80%, prev)``."""
+        parts = [f"{b.revision} ({', '.join([f'{b.percent}%', *b.tags])})" for b in self.backends]
+        return ", ".join(parts) or "no revisions"
+
+    def summary(self) -> dict[str, Any]:
+        """This table as the gateway's service list shows it."""
+        return {
+            "name": self.isvc,
+            "namespace": self.namespace,
+            "version": self.version,
+            "revisions": [{"revision": b.revision, "percent": b.percent, "tags": list(b.tags),
+                           "replicas": len(b.pool)} for b in self.backends],
+            "shadow": None if self.shadow is None else self.shadow.revision,
+        }
+
+
+def _backend(raw: Any, where: str, default_percent: int | None = None) -> Backend:
+    if not isinstance(raw, Mapping):
+        raise RouteTableError(f"{where}: expected an object with 'revision', 'percent' and 'replicas', got {raw!r}")
+    revision = raw.get("revision")
+    if not isinstance(revision, str) or not revision:
+        raise RouteTableError(f"{where}.revision: expected a revision name, got {revision!r}")
+    percent = raw.get("percent", default_percent)
+    if isinstance(percent, bool) or not isinstance(percent, int) or not 0 <= percent <= 100:
+        raise RouteTableError(f"{where}.percent: expected an integer from 0 to 100, got {percent!r}")
+    tags = raw.get("tags") or []
+    if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
+        raise RouteTableError(f"{where}.tags: expected a list of tag names, got {tags!r}")
+    replicas_raw = raw.get("replicas") or []
+    if not isinstance(replicas_raw, list):
+        raise RouteTableError(f"{where}.replicas: expected a list, got {type(replicas_raw).__name__}")
+    replicas = []
+    for i, item in enumerate(replicas_raw):
+        if not isinstance(item, Mapping):
+            raise RouteTableError(f"{where}.replicas[{i}]: expected {{'http': URL, 'grpc': HOST:PORT}}, got {item!r}")
+        http, grpc = item.get("http"), item.get("grpc")
+        if http is not None and not (isinstance(http, str) and http.startswith(("http://", "https://"))):
+            raise RouteTableError(f"{where}.replicas[{i}].http: expected an http:// URL, got {http!r}")
+        if grpc is not None and not (isinstance(grpc, str) and ":" in grpc):
+            raise RouteTableError(f"{where}.replicas[{i}].grpc: expected HOST:PORT, got {grpc!r}")
+        if http is None and grpc is None:
+            raise RouteTableError(f"{where}.replicas[{i}]: needs an 'http' URL or a 'grpc' address")
+        replicas.append(Replica(http.rstrip("/") if http else None, grpc))
+    return Backend(revision, percent, tuple(tags), Pool(revision, replicas))
+
+
+def parse_host(host: str | None) -> tuple[str, str] | None:
+    """``{isvc}.{namespace}.{domain...}`` (any port) → (first label, namespace); None for an IP
+    address, ``localhost`` or a name too short to carry both."""
+    if not host:
+        return None
+    name = host.strip().lower()
+    if name.startswith("["):  # [IPv6]:port
+        return None
+    name = name.rsplit(":", 1)[0] if name.count(":") == 1 else name
+    try:
+        ipaddress.ip_address(name)
+        return None
+    except ValueError:
+        pass
+    labels = name.rstrip(".").split(".")
+    if len(labels) < 3 or not labels[0] or not labels[1]:
+        return None
+    return labels[0], labels[1]
+
+
+class Router:
+    """The current tables, swapped as a whole when the controller publishes new ones."""
+
+    def __init__(self) -> None:
+        self.tables: dict[Key, RouteTable] = {}
+        self._raw: dict[Key, Any] = {}
+        #: Last parse error per table, so each bad table is reported once.
+        self.errors: dict[Key, str] = {}
+
+    def update(self, raw_tables: Mapping[Key, Any]) -> list[str]:
+        """Take the controller's tables. A table that did not change keeps its state (weights,
+        turns); one that does not parse keeps its previous version. Returns the messages of bad
+        tables not reported before."""
+        new: dict[Key, RouteTable] = {}
+        problems = []
+        for key, raw in raw_tables.items():
+            key = (str(key[0]), str(key[1]))
+            old = self.tables.get(key)
+            if old is not None and raw == self._raw.get(key):  # equal content, whatever the version says
+                new[key] = old
+                continue
+            try:
+                new[key] = RouteTable.parse(key, raw)
+                self._raw[key] = raw
+                self.errors.pop(key, None)
+            except RouteTableError as exc:
+                if self.errors.get(key) != str(exc):
+                    problems.append(str(exc))
+                self.errors[key] = str(exc)
+                if old is not None:
+                    new[key] = old
+        for key in [k for k in self._raw if k not in new]:
+            del self._raw[key]
+        self.tables = new  # one assignment: a request sees the old set or the new one
+        return problems
+
+    def lookup(self, namespace: str, isvc: str) -> RouteTable | None:
+        return self.tables.get((namespace, isvc))
+
+    def find(self, name: str, namespace: str | None = None) -> RouteTable:
+        """The table of the service a model name means: in ``namespace`` if given and it is there,
+        else in the default namespace. NotFound says what is served instead."""
+        table = self.tables.get((namespace, name)) if namespace else None
+        if table is None:
+            table = self.tables.get((DEFAULT_NAMESPACE, name))
+        if table is None:
+            where = namespace if namespace and self.has_namespace(namespace) else DEFAULT_NAMESPACE
+            served = sorted(isvc for ns, isvc in self.tables if ns == where)
+            raise NotFound(f"model '{name}' is not served; namespace '{where}' serves "
+                           f"{', '.join(served) or 'nothing'} (GET /v2/models lists them)")
+        return table
+
+    def has_namespace(self, namespace: str) -> bool:
+        return any(ns == namespace for ns, _ in self.tables)
+
+    def by_host(self, host: str | None) -> tuple[RouteTable, str | None] | None:
+        """The table (and tag) a ``Host: [latest-|prev-]{isvc}.{namespace}.{domain}`` names, if any."""
+        parsed = parse_host(host)
+        if parsed is None:
+            return None
+        label, namespace = parsed
+        table = self.tables.get((namespace, label))
+        if table is not None:
+            return table, None
+        for tag in HOST_TAGS:
+            if label.startswith(tag + "-"):
+                table = self.tables.get((namespace, label[len(tag) + 1:]))
+                if table is not None:
+                    return table, tag
+        return None
+
+    def namespace_of(self, host: str | None) -> str | None:
+        parsed = parse_host(host)
+        return parsed[1] if parsed else None
+
+    def references(self, revision: str) -> bool:
+        """Does any current table still route (or mirror) requests to ``revision``?"""
+        return any(revision in table.revisions() for table in self.tables.values())

@@ -1,0 +1,167 @@
+"""The gateway: one REST and one gRPC endpoint in front of every InferenceService's replicas.
+
+It runs on the control plane's event loop. Route tables come from a ``routes()`` callable (the
+store's ``routes``), polled every 100 ms; a table whose ``version`` changed is swapped in whole,
+and requests already sent keep the backend they started on. The controller reads ``in_flight``
+and ``references`` (drain before stopping a revision) and ``stats`` (automatic rollback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import Any, Callable, Mapping
+
+import grpc
+
+from shipyard.control.gateway.grpc import GrpcProxy
+from shipyard.control.gateway.observe import Observer, RevisionStats
+from shipyard.control.gateway.rest import RestProxy, new_client
+from shipyard.control.gateway.routing import Key, RouteTable, Router
+from shipyard.control.gateway.shadow import Mirror
+from shipyard.server.http import HttpServer
+
+log = logging.getLogger("shipyard.gateway")
+
+#: Seconds between two reads of the route tables.
+POLL_S = 0.1
+#: Largest request accepted (REST body, gRPC message), as ``shipyard serve``'s default.
+DEFAULT_MAX_REQUEST = 64 * 1024 * 1024
+
+RoutesSource = Callable[[], Mapping[Key, Mapping[str, Any]] | Any]
+
+
+class Gateway:
+    """Routes V1/V2 REST (``http_port``) and V2 gRPC (``grpc_port``; None for none) requests
+    to revisions by the tables ``routes()`` returns."""
+
+    def __init__(self, routes: RoutesSource, host: str = "127.0.0.1", http_port: int = 8080,
+                 grpc_port: int | None = 8081, *, poll_s: float = POLL_S,
+                 max_request: int = DEFAULT_MAX_REQUEST) -> None:
+        self.routes = routes
+        self.host = host
+        self.http_port = http_port
+        self.grpc_port = grpc_port
+        self.poll_s = poll_s
+        self.max_request = max_request
+        self.router = Router()
+        self.observer = Observer()
+        self.mirror: Mirror | None = None
+        self._http: HttpServer | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._grpc_proxy: GrpcProxy | None = None
+        self._clients: list[Any] = []
+        self._poller: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Load the tables, then listen; raises OSError naming the address when a port is taken."""
+        await self.refresh()
+        self.mirror = Mirror()
+        self.mirror.start()
+        client, shadow_client = new_client(), new_client(max_connections=16)
+        self._clients = [client, shadow_client]
+        app = RestProxy(self.router, self.observer, self.mirror, client, shadow_client)
+        self._http = HttpServer(app, self.host, self.http_port, self.max_request)
+        try:
+            await self._http.start()
+            self.http_port = self._http.port
+            if self.grpc_port is not None:
+                await self._start_grpc()
+        except BaseException:
+            await self.stop(0)
+            raise
+        self._poller = asyncio.get_running_loop().create_task(self._poll())
+        log.info("gateway listening on %s (REST) and %s (gRPC)", self.http_url, self.grpc_address or "-")
+
+    async def _start_grpc(self) -> None:
+        self._grpc_proxy = GrpcProxy(self.router, self.observer, self.mirror)  # type: ignore[arg-type]
+        self._grpc = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", self.max_request),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),
+        ])
+        self._grpc.add_generic_rpc_handlers((self._grpc_proxy.handler(),))
+        try:
+            bound = self._grpc.add_insecure_port(f"{self.host}:{self.grpc_port}")
+        except RuntimeError:  # newer grpcio raises instead of returning 0
+            bound = 0
+        if bound == 0:
+            raise OSError(f"gateway cannot listen for gRPC on {self.host}:{self.grpc_port} (in use?)")
+        self.grpc_port = bound
+        await self._grpc.start()
+
+    async def stop(self, grace_s: float = 10.0) -> None:
+        """Stop listening; requests in flight get up to ``grace_s`` seconds to finish."""
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+            self._poller = None
+        waits = []
+        if self._http is not None:
+            waits.append(self._http.shutdown(grace_s))
+        if self._grpc is not None:
+            waits.append(self._grpc.stop(grace_s))
+        await asyncio.gather(*waits, return_exceptions=True)
+        if self.mirror is not None:
+            await self.mirror.stop()
+        if self._grpc_proxy is not None:
+            await self._grpc_proxy.close()
+        for client in self._clients:
+            await client.aclose()
+        self._http = self._grpc = self._grpc_proxy = None
+        self._clients = []
+
+    # -- route tables ----------------------------------------------------------------------------
+    async def refresh(self) -> bool:
+        """Read the tables now (also done every ``poll_s``); True when any changed."""
+        raw = self.routes()
+        if inspect.isawaitable(raw):
+            raw = await raw
+        before = self.router.tables
+        for problem in self.router.update(raw):
+            log.error("ignoring a route table: %s", problem)
+        after = self.router.tables
+        if self._grpc_proxy is not None:
+            await self._grpc_proxy.prune()
+        return after.keys() != before.keys() or any(table is not before.get(key) for key, table in after.items())
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self.poll_s)
+            try:
+                await self.refresh()
+            except Exception:  # a store hiccup must not stop routing on the last good tables
+                log.exception("reading the route tables failed; keeping the current ones")
+
+    def table(self, namespace: str, isvc: str) -> RouteTable | None:
+        """The table in use for a service (its ``version`` says which one was loaded)."""
+        return self.router.lookup(namespace, isvc)
+
+    # -- what the controller reads ----------------------------------------------------------------
+    def in_flight(self, revision: str) -> int:
+        """Requests (live or mirrored) sent to ``revision`` and not answered yet."""
+        return self.observer.in_flight(revision)
+
+    def references(self, revision: str) -> bool:
+        """Does a loaded table still send (or mirror) requests to ``revision``? A revision may be
+        stopped once this is False and ``in_flight`` is 0."""
+        return self.router.references(revision)
+
+    def stats(self, revision: str, window_s: float = 30.0) -> RevisionStats:
+        """Requests, errors and latency of ``revision`` over the last ``window_s`` seconds
+        (mirrored requests included)."""
+        return self.observer.stats(revision, window_s)
+
+    def shadow_report(self, namespace: str, isvc: str) -> dict[str, Any] | None:
+        """What the service's shadow revision answered compared with live (see ``Mirror.report``)."""
+        return self.mirror.report(namespace, isvc) if self.mirror is not None else None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def grpc_address(self) -> str | None:
+        return f"{self.host}:{self.grpc_port}" if self.grpc_port is not None else None
