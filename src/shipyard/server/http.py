@@ -140,6 +140,7 @@ class HttpProtocol(asyncio.Protocol):
             headers=self.headers,
             body=b"".join(self.body_parts),
             keep_alive=self.parser.should_keep_alive(),
+            query=parsed.query.decode("latin-1") if parsed.query else "",
         )
         self.pending.append(request)
         if len(self.pending) > MAX_PENDING and self.transport is not None:

@@ -35,6 +35,8 @@ class Request:
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes = b""
     keep_alive: bool = True
+    #: The raw query string (after ``?``), "" when there is none.
+    query: str = ""
 
 
 @dataclass

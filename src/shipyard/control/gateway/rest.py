@@ -193,7 +193,8 @@ class RestProxy:
         started = self.observer.begin(backend.revision)  # same tick as the pick: drain sees it
         answer: Answer | None = None
         try:
-            answer = await send(self.client, backend, request.method, request.path, headers, request.body,
+            target = request.path + (f"?{request.query}" if request.query else "")
+            answer = await send(self.client, backend, request.method, target, headers, request.body,
                                 table.timeout_s)
         finally:
             self.observer.end(backend.revision, started, answer is not None and not answer.server_error)
