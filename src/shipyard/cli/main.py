@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from shipyard import __version__
-from shipyard.cli import build, package, predict, serve, test
+from shipyard.cli import build, control, package, predict, resources, rollout, serve, test
 
 app = typer.Typer(
     name="shipyard",
@@ -22,6 +22,13 @@ app.command("test")(test.test)
 app.command("serve")(serve.serve)
 app.command("predict")(predict.predict)
 app.command("build")(build.build)
+app.command("up")(control.up)
+app.command("apply")(resources.apply)
+app.command("get")(resources.get)
+app.command("describe")(resources.describe)
+app.command("delete")(resources.delete)
+app.command("logs")(resources.logs)
+app.add_typer(rollout.app, name="rollout")
 
 
 @app.command("version")

@@ -1,0 +1,322 @@
+"""``shipyard apply|get|describe|delete|logs``: kubectl's verbs against the local control plane."""
+
+from __future__ import annotations
+
+import calendar
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Optional
+
+import typer
+import yaml
+
+from shipyard.cli.errors import fail
+from shipyard.control.resources import DEFAULT_NAMESPACE, DocumentError, UnknownKind, kind_of
+
+if TYPE_CHECKING:  # the client (httpx, jsonschema) loads when a command runs, not with every shipyard command
+    from shipyard.control.client import ControlClient
+
+KIND_HELP = "Resource kind: inferenceservice (or isvc, inferenceservices)."
+NAMESPACE_OPTION = typer.Option(DEFAULT_NAMESPACE, "--namespace", "-n", help="Namespace.")
+
+
+@contextmanager
+def api_errors() -> Iterator[None]:
+    """Turn the client's errors into one clear line and exit code 1."""
+    from shipyard.control.client import ControlError, PlaneNotRunning
+
+    try:
+        yield
+    except (PlaneNotRunning, ControlError, UnknownKind, TimeoutError, ValueError) as exc:
+        fail(str(exc))
+
+
+def connect(start: bool = False) -> ControlClient:
+    """A client for the running plane; with ``start``, run ``shipyard up --detach`` first if none runs."""
+    from shipyard.control.client import ControlClient, PlaneNotRunning
+
+    try:
+        return ControlClient()
+    except PlaneNotRunning:
+        if not start:
+            raise
+    result = subprocess.run([sys.executable, "-m", "shipyard", "up", "--detach"], capture_output=True, text=True)
+    if result.returncode != 0:
+        fail(f"could not start the control plane (shipyard up --detach): {result.stderr.strip() or result.stdout}")
+    return ControlClient()
+
+
+def resource_name(kind: str, api_version: str) -> str:
+    """``inferenceservice.serving.kserve.io`` as kubectl prints it."""
+    return f"{kind.lower()}.{api_version.split('/')[0]}"
+
+
+def apply(
+    filenames: list[str] = typer.Option(..., "--filename", "-f", help="YAML or JSON file with one or more "
+                                        "documents (--- separated); repeat for several files; - reads stdin.",
+                                        show_default=False),
+    namespace: Optional[str] = typer.Option(None, "--namespace", "-n", help="Namespace for documents that name "
+                                            "none (default: default).", show_default=False),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate and show what would change; change nothing."),
+    start: bool = typer.Option(False, "--start", help="Start the control plane first if it is not running."),
+) -> None:
+    """Create or update resources from YAML files (kubectl apply -f).
+
+    Every document is validated first; if any is invalid, nothing is applied.
+
+    Relative storageUri paths are taken relative to the file's folder.
+
+    [b]Examples[/b]
+
+      shipyard apply -f sklearn-iris.yaml
+      cat isvc.yaml | shipyard apply -f -
+    """
+    from shipyard.control.client import ControlError, read_documents, with_namespace
+
+    documents, origins = [], []
+    for filename in filenames:
+        try:
+            found = read_documents(filename)
+        except (OSError, DocumentError) as exc:
+            fail(f"-f {filename}: {exc}")
+        documents += found
+        origins += [f"{'stdin' if filename == '-' else filename} document {index + 1}" for index in range(len(found))]
+    if not documents:
+        fail(f"no documents in {', '.join(filenames)}")
+    with api_errors():
+        if namespace is not None:
+            documents = [with_namespace(document, namespace) for document in documents]
+        client = connect(start)
+        try:
+            results = client.apply(documents, dry_run=dry_run)
+        except ControlError as exc:
+            if not exc.errors:
+                raise
+            lines = [f"  {origins[error['document']]}{_document_name(documents[error['document']])}: "
+                     f"{error['path']}: {error['message']}" if error["path"] else
+                     f"  {origins[error['document']]}: {error['message']}" for error in exc.errors]
+            fail(exc.message + "\n" + "\n".join(lines))
+    for result in results:
+        for warning in result["warnings"]:
+            typer.echo(f"Warning: {warning}", err=True)
+        suffix = " (dry run)" if dry_run else ""
+        typer.echo(f"{resource_name(result['kind'], result['apiVersion'])}/{result['name']} {result['action']}{suffix}")
+
+
+def _document_name(document: Any) -> str:
+    name = ((document.get("metadata") or {}) if isinstance(document, dict) else {}).get("name")
+    return f" ({name})" if isinstance(name, str) else ""
+
+
+def get(
+    kind: str = typer.Argument(..., help=KIND_HELP, show_default=False),
+    name: Optional[str] = typer.Argument(None, help="One resource's name (default: all).", show_default=False),
+    namespace: str = NAMESPACE_OPTION,
+    all_namespaces: bool = typer.Option(False, "--all-namespaces", "-A", help="List every namespace."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="json, yaml or wide (more columns).",
+                                         show_default=False),
+) -> None:
+    """List resources, or show one, as [b]kubectl get[/b] does.
+
+    [b]Examples[/b]
+
+      shipyard get isvc
+      shipyard get isvc sklearn-iris -o yaml
+    """
+    if output not in (None, "json", "yaml", "wide"):
+        fail(f"--output '{output}' is not one of: json, yaml, wide")
+    with api_errors():
+        found = connect().get(kind_of(kind).kind, name, None if all_namespaces else namespace)
+    items = found if isinstance(found, list) else [found]
+    if output in ("json", "yaml"):
+        shown = found if name else {"apiVersion": "v1", "kind": "List", "items": items}
+        typer.echo(json.dumps(shown, indent=2) if output == "json" else
+                   yaml.safe_dump(shown, sort_keys=False, default_flow_style=False).rstrip())
+        return
+    if not items:
+        where = "any namespace" if all_namespaces else f"namespace '{namespace}'"
+        typer.echo(f"No resources found in {where}.", err=True)
+        return
+    typer.echo(isvc_table(items, wide=output == "wide", namespaces=all_namespaces))
+
+
+def isvc_table(items: list[dict[str, Any]], wide: bool = False, namespaces: bool = False) -> str:
+    """``kubectl get isvc``'s columns: NAME URL READY PREV LATEST AGE (wide: the revisions and traffic)."""
+    headers = ["NAME", "URL", "READY", "PREV", "LATEST"]
+    if wide:
+        headers += ["PREVROLLEDOUTREVISION", "LATESTREADYREVISION", "TRAFFIC"]
+    headers = (["NAMESPACE"] if namespaces else []) + headers + ["AGE"]
+    rows = []
+    for item in items:
+        status = item.get("status") or {}
+        predictor = (status.get("components") or {}).get("predictor") or {}
+        traffic = predictor.get("traffic") or []
+        prev = next((entry for entry in traffic if entry.get("tag") == "prev"), {})
+        latest = next((entry for entry in traffic if entry.get("latestRevision")), {})
+        ready = next((entry.get("status") for entry in status.get("conditions") or [] if entry.get("type") == "Ready"),
+                     "")
+        if item["metadata"].get("deletionTimestamp"):
+            ready = "Deleting"
+        row = [item["metadata"]["name"], status.get("url", ""), ready, _text(prev.get("percent")),
+               _text(latest.get("percent"))]
+        if wide:
+            row += [prev.get("revisionName", ""), latest.get("revisionName", ""),
+                    " ".join(f"{entry.get('revisionName')}={entry.get('percent', 0)}%" for entry in traffic)]
+        row = ([item["metadata"]["namespace"]] if namespaces else []) + row + [age(item["metadata"])]
+        rows.append(row)
+    return table(headers, rows)
+
+
+def describe(
+    kind: str = typer.Argument(..., help=KIND_HELP, show_default=False),
+    name: str = typer.Argument(..., help="The resource's name.", show_default=False),
+    namespace: str = NAMESPACE_OPTION,
+) -> None:
+    """Show a resource in full (kubectl describe).
+
+    Spec, status and conditions, revisions with their traffic, replicas and recent events.
+    """
+    with api_errors():
+        described = connect().describe(kind_of(kind).kind, name, namespace)
+    typer.echo(describe_text(described))
+
+
+def describe_text(described: dict[str, Any]) -> str:
+    """``kubectl describe``-like text of the API's describe answer."""
+    metadata, status = described["metadata"], described.get("status") or {}
+    predictor = (status.get("components") or {}).get("predictor") or {}
+    lines = [
+        f"Name:         {metadata['name']}",
+        f"Namespace:    {metadata['namespace']}",
+        f"Labels:       {_pairs(metadata.get('labels'))}",
+        f"Annotations:  {_pairs(metadata.get('annotations'))}",
+        f"API Version:  {described['apiVersion']}",
+        f"Kind:         {described['kind']}",
+        f"Created:      {metadata.get('creationTimestamp', '')} ({age(metadata)} ago)",
+        f"Generation:   {metadata.get('generation')} (observed: {status.get('observedGeneration', '-')})",
+    ]
+    if metadata.get("deletionTimestamp"):
+        lines.append("Deleting:     yes (the controller stops its replicas, then removes it)")
+    lines += [f"URL:          {status.get('url') or '<none>'}",
+              f"Address:      {(status.get('address') or {}).get('url') or '<none>'}",
+              "Spec:", _indented(yaml.safe_dump(described.get("spec") or {}, sort_keys=False).rstrip(), 2)]
+    conditions = status.get("conditions") or []
+    lines.append("Conditions:" + ("" if conditions else "   <none>"))
+    if conditions:
+        lines.append(_indented(table(["TYPE", "STATUS", "REASON", "MESSAGE", "LAST TRANSITION"], [
+            [c.get("type", ""), c.get("status", ""), c.get("reason", ""), c.get("message", ""),
+             c.get("lastTransitionTime", "")] for c in conditions]), 2))
+    lines.append("Revisions:" + ("" if described.get("revisions") else "    <none>"))
+    if described.get("revisions"):
+        traffic = {entry.get("revisionName"): entry for entry in predictor.get("traffic") or []}
+        replicas = described.get("replicas") or []
+        rows = []
+        for revision in described["revisions"]:
+            entry = traffic.get(revision["name"], {})
+            mine = [replica for replica in replicas if replica["revision"] == revision["name"]]
+            ready = sum(replica["state"] == "ready" for replica in mine)
+            rows.append([revision["name"], str(revision["generation"]), f"{entry['percent']}%" if entry else "",
+                         entry.get("tag", ""), f"{ready}/{len(mine)}", f"{_since(revision['created'])} ago"])
+        lines.append(_indented(table(["NAME", "GENERATION", "TRAFFIC", "TAG", "READY", "CREATED"], rows), 2))
+        rolled = [f"latest created: {predictor.get('latestCreatedRevision') or '-'}",
+                  f"latest ready: {predictor.get('latestReadyRevision') or '-'}",
+                  f"rolled out: {predictor.get('latestRolledoutRevision') or '-'}",
+                  f"previous: {predictor.get('previousRolledoutRevision') or '-'}"]
+        lines.append("  " + ", ".join(rolled))
+    replicas = described.get("replicas") or []
+    lines.append("Replicas:" + ("" if replicas else "     <none>"))
+    if replicas:
+        lines.append(_indented(table(["REVISION", "#", "PID", "STATE", "RESTARTS", "URL", "LAST EXIT"], [
+            [r["revision"], str(r["index"]), str(r.get("pid") or ""), r["state"], str(r["restarts"]),
+             r.get("http_url") or "", r.get("last_exit") or ""] for r in replicas]), 2))
+    events = described.get("events") or []
+    lines.append("Events:" + ("" if events else "       <none>"))
+    if events:
+        lines.append(_indented(table(["TYPE", "REASON", "AGE", "MESSAGE"], [
+            [e["type"], e["reason"], _since(e["time"]), e["message"]] for e in events]), 2))
+    return "\n".join(lines)
+
+
+def delete(
+    kind: str = typer.Argument(..., help=KIND_HELP, show_default=False),
+    name: str = typer.Argument(..., help="The resource's name.", show_default=False),
+    namespace: str = NAMESPACE_OPTION,
+    wait: bool = typer.Option(False, "--wait", help="Return only once its replicas are stopped and it is gone."),
+    timeout: float = typer.Option(60.0, "--timeout", help="With --wait: seconds to wait at most."),
+) -> None:
+    """Delete a resource; its replicas drain and stop first."""
+    with api_errors():
+        kind_info = kind_of(kind)
+        connect().delete(kind_info.kind, name, namespace, wait=wait, timeout=timeout)
+    what = f'{resource_name(kind_info.kind, kind_info.api_versions[0])} "{name}"'
+    typer.echo(f"{what} deleted" if wait else f"{what} deleting (replicas stop in the background)")
+
+
+def logs(
+    kind: str = typer.Argument(..., help=KIND_HELP, show_default=False),
+    name: str = typer.Argument(..., help="The InferenceService's name.", show_default=False),
+    namespace: str = NAMESPACE_OPTION,
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines (Ctrl+C stops)."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="A revision's name, latest or prev "
+                                           "(default: the revisions running now).", show_default=False),
+    tail: int = typer.Option(200, "--tail", min=0, help="Lines to show from the end of each replica's log."),
+) -> None:
+    """Print an InferenceService's replica logs (-f to follow).
+
+    Each line is prefixed with its replica when there are several.
+    """
+    with api_errors():
+        kind_info = kind_of(kind)
+        client = connect()
+        if not follow:
+            typer.echo(client.logs(name, namespace, revision, tail, kind_info.kind), nl=False)
+            return
+        try:
+            for text in client.follow_logs(name, namespace, revision, tail, kind_info.kind):
+                sys.stdout.write(text)
+                sys.stdout.flush()
+        except KeyboardInterrupt:
+            return
+
+
+# -- text helpers -------------------------------------------------------------------------------------
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    """Columns aligned with three spaces between them, as kubectl prints."""
+    widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]
+    lines = ["   ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip()
+             for row in [headers, *rows]]
+    return "\n".join(lines)
+
+
+def age(metadata: dict[str, Any]) -> str:
+    stamp = metadata.get("creationTimestamp")
+    if not stamp:
+        return ""
+    return _since(calendar.timegm(time.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ")))
+
+
+def _since(when: float) -> str:
+    """kubectl's short ages: 45s, 12m, 5h, 3d."""
+    seconds = max(0, int(time.time() - when))
+    for limit, unit, size in ((120, "s", 1), (3 * 3600, "m", 60), (48 * 3600, "h", 3600)):
+        if seconds < limit:
+            return f"{seconds // size}{unit}"
+    return f"{seconds // 86400}d"
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _pairs(mapping: dict[str, str] | None) -> str:
+    if not mapping:
+        return "<none>"
+    return "\n              ".join(f"{key}={value}" for key, value in mapping.items())
+
+
+def _indented(text: str, spaces: int) -> str:
+    return "\n".join(" " * spaces + line for line in text.splitlines())

@@ -1,0 +1,290 @@
+"""The control plane's HTTP API: JSON on 127.0.0.1:8400, served by server/http.py's HttpServer.
+
+    GET    /healthz                                        {"ok": true, "version": ...}
+    POST   /apis/apply                                     {"documents": [...], "dry_run": false}
+    GET    /apis/{kind}                                    every namespace: {"items": [...]}
+    GET    /apis/{kind}/{namespace}                        one namespace: {"items": [...]}
+    GET    /apis/{kind}/{namespace}/{name}                 the resource with its status
+    GET    /apis/{kind}/{namespace}/{name}/describe        + revisions, replicas, routes, events
+    DELETE /apis/{kind}/{namespace}/{name}                 202: the controller stops replicas, then removes it
+    GET    /apis/{kind}/{namespace}/{name}/logs            text: the last 200 lines of each live replica
+    POST   /apis/{kind}/{namespace}/{name}/logs            {"revision", "tail", "cursor", "wait_s"} -> {"text", "cursor"}
+    POST   /apis/inferenceservices/{namespace}/{name}/rollout   {"action": "promote|rollback|pin", "revision"}
+
+``{kind}`` takes any of the kind's names (``inferenceservices``, ``isvc``...). Every error is
+``{"error": message}``; an apply with invalid documents answers 400 with ``errors`` (document
+index, field path, message) and applies none of them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from shipyard import __version__
+from shipyard.control import logs
+from shipyard.control.resources import INFERENCE_SERVICE, Kind, Resource, UnknownKind, kind_of
+from shipyard.control.store import Store
+from shipyard.control.validation import ValidatedResource, ValidationError, validate
+from shipyard.home import shipyard_home
+from shipyard.server.rest import Request, Response, error_response, json_response
+
+log = logging.getLogger("shipyard.control")
+
+#: ``rollout(store, namespace, name, action, revision) -> dict``; an exception with an int ``status`` sets the answer's.
+Rollout = Callable[[Store, str, str, str, str | None], Any]
+DEFAULT_TAIL = 200
+MAX_WAIT_S = 30.0
+
+
+class ApiError(Exception):
+    """A request the API refuses; ``status`` is the HTTP status."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _DryRun(Exception):
+    """Raised inside the apply transaction to roll it back after computing the actions."""
+
+    def __init__(self, actions: list[str]) -> None:
+        super().__init__("dry run")
+        self.actions = actions
+
+
+class ControlApi:
+    """The API app: ``await api(request) -> response``.
+
+    ``rollout`` does promote/rollback/pin (the controller's logic); ``on_change`` is called after
+    anything is applied, deleted or rolled out, so the controller can reconcile at once.
+    """
+
+    def __init__(self, store: Store, rollout: Rollout | None = None, logs_dir: Path | None = None,
+                 on_change: Callable[[], None] | None = None) -> None:
+        self.store = store
+        self.rollout_fn = rollout
+        self.logs_dir = logs_dir or shipyard_home() / "logs"
+        self.on_change = on_change or (lambda: None)
+
+    async def __call__(self, request: Request) -> Response:
+        try:
+            handlers, args = self.route(request.path)
+            handler = handlers.get("GET" if request.method == "HEAD" else request.method)
+            if handler is None:
+                raise ApiError(405, f"{request.method} is not allowed on {request.path}; use {', '.join(handlers)}")
+            return await handler(request, *args)
+        except ApiError as exc:
+            return error_response(exc.status, exc.message)
+        except Exception as exc:  # a bug of ours: say so, keep serving
+            log.exception("unhandled error on %s %s", request.method, request.path)
+            return error_response(500, f"internal error: {type(exc).__name__}: {exc}")
+
+    def route(self, path: str) -> tuple[dict[str, Callable[..., Any]], tuple[Any, ...]]:
+        """Handlers by method for a path, and the arguments taken from it."""
+        match path.strip("/").split("/"):
+            case ["healthz"]:
+                return {"GET": self.healthz}, ()
+            case ["apis", "apply"]:
+                return {"POST": self.apply}, ()
+            case ["apis", kind]:
+                return {"GET": self.list}, (_kind(kind), None)
+            case ["apis", kind, namespace]:
+                return {"GET": self.list}, (_kind(kind), namespace)
+            case ["apis", kind, namespace, name]:
+                return {"GET": self.get, "DELETE": self.delete}, (_kind(kind), namespace, name)
+            case ["apis", kind, namespace, name, "describe"]:
+                return {"GET": self.describe}, (_kind(kind), namespace, name)
+            case ["apis", kind, namespace, name, "logs"]:
+                return {"GET": self.logs_text, "POST": self.logs}, (_kind(kind), namespace, name)
+            case ["apis", kind, namespace, name, "rollout"]:
+                return {"POST": self.rollout}, (_kind(kind), namespace, name)
+        raise ApiError(404, f"no route for {path}; the API serves /healthz and /apis/...")
+
+    async def healthz(self, request: Request) -> Response:
+        return json_response({"ok": True, "version": __version__})
+
+    # -- apply ----------------------------------------------------------------------------------
+    async def apply(self, request: Request) -> Response:
+        body = _json_body(request)
+        documents = body.get("documents")
+        if not isinstance(documents, list) or not documents:
+            raise ApiError(400, '"documents" must be a non-empty list of resources')
+        validated, errors, conflict = self._validate_all(documents)
+        if errors:
+            invalid = len({error["document"] for error in errors})
+            return json_response({"error": f"{invalid} of {len(documents)} document{'s' * (len(documents) > 1)} "
+                                  "cannot be applied; nothing was applied", "errors": errors},
+                                 409 if conflict else 400)
+        dry_run = bool(body.get("dry_run", False))
+        try:
+            with self.store.transaction() as db:
+                actions = [self.store.apply(item.resource, db)[1] for item in validated]
+                if dry_run:
+                    raise _DryRun(actions)
+        except _DryRun as rolled_back:
+            actions = rolled_back.actions
+        if not dry_run and any(action != "unchanged" for action in actions):
+            self.on_change()
+        results = [{"apiVersion": item.resource.api_version, "kind": item.resource.kind,
+                    "namespace": item.resource.namespace, "name": item.resource.name, "action": action,
+                    "warnings": [str(warning) for warning in item.warnings]}
+                   for item, action in zip(validated, actions)]
+        return json_response({"results": results, "dry_run": dry_run})
+
+    def _validate_all(self, documents: list[Any]) -> tuple[list[ValidatedResource], list[dict[str, Any]], bool]:
+        """Every document checked (none stops the others), duplicates and resources being deleted refused."""
+        validated: list[ValidatedResource] = []
+        errors: list[dict[str, Any]] = []
+        conflict = False
+        seen: dict[tuple[str, str, str], int] = {}
+        for index, document in enumerate(documents):
+            try:
+                item = validate(document)
+            except ValidationError as exc:
+                errors += [{"document": index, "path": error.path, "message": error.message} for error in exc.errors]
+                continue
+            key = item.resource.key
+            stored = self.store.get(*key)
+            if key in seen:
+                errors.append({"document": index, "path": "metadata.name", "message": f"'{key[2]}' in namespace "
+                               f"'{key[1]}' is also document {seen[key]}; give each resource once"})
+            elif stored is not None and stored.deleting:
+                conflict = True
+                errors.append({"document": index, "path": "metadata.name", "message": f"'{key[2]}' is being "
+                               "deleted; wait until it is gone (shipyard delete --wait), then apply it again"})
+            seen.setdefault(key, index)
+            validated.append(item)
+        return validated, errors, conflict
+
+    # -- read -----------------------------------------------------------------------------------
+    async def list(self, request: Request, kind: Kind, namespace: str | None) -> Response:
+        return json_response({"items": [resource.to_dict() for resource in self.store.list(kind.kind, namespace)]})
+
+    async def get(self, request: Request, kind: Kind, namespace: str, name: str) -> Response:
+        return json_response(self._resource(kind, namespace, name).to_dict())
+
+    async def describe(self, request: Request, kind: Kind, namespace: str, name: str) -> Response:
+        resource = self._resource(kind, namespace, name)
+        described = resource.to_dict()
+        described["revisions"] = [asdict(revision) for revision in self.store.revisions(namespace, name)]
+        described["replicas"] = [asdict(replica) for replica in self.store.replicas(namespace, name)]
+        described["routes"] = self.store.routes().get((namespace, name))
+        described["events"] = [asdict(event) for event in self.store.events(kind.kind, namespace, name)]
+        return json_response(described)
+
+    def _resource(self, kind: Kind, namespace: str, name: str) -> Resource:
+        resource = self.store.get(kind.kind, namespace, name)
+        if resource is None:
+            raise ApiError(404, f"{kind.kind.lower()} '{name}' not found in namespace '{namespace}'")
+        return resource
+
+    # -- delete and rollout ---------------------------------------------------------------------
+    async def delete(self, request: Request, kind: Kind, namespace: str, name: str) -> Response:
+        if not self.store.mark_deleting(kind.kind, namespace, name):
+            raise ApiError(404, f"{kind.kind.lower()} '{name}' not found in namespace '{namespace}'")
+        self.on_change()
+        return json_response({"kind": kind.kind, "namespace": namespace, "name": name, "action": "deleting"}, 202)
+
+    async def rollout(self, request: Request, kind: Kind, namespace: str, name: str) -> Response:
+        if kind is not INFERENCE_SERVICE:
+            raise ApiError(400, f"rollouts apply to InferenceServices, not {kind.kind}")
+        if self.rollout_fn is None:
+            raise ApiError(501, "this control plane has no rollout controller")
+        body = _json_body(request)
+        action, revision = body.get("action"), body.get("revision")
+        if not isinstance(action, str) or (revision is not None and not isinstance(revision, str)):
+            raise ApiError(400, 'the body must be {"action": "promote|rollback|pin", "revision": optional name}')
+        try:
+            result = self.rollout_fn(self.store, namespace, name, action, revision)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:
+            status = getattr(exc, "status", None)
+            if isinstance(status, int):
+                raise ApiError(status, str(exc)) from None
+            if isinstance(exc, (ValueError, LookupError)):
+                raise ApiError(400, str(exc)) from None
+            raise
+        self.on_change()
+        return json_response(result if isinstance(result, dict) else {"message": str(result)})
+
+    # -- logs -----------------------------------------------------------------------------------
+    async def logs_text(self, request: Request, kind: Kind, namespace: str, name: str) -> Response:
+        chunk = logs.tail(self._log_files(kind, namespace, name, None), DEFAULT_TAIL)
+        return Response(200, chunk.text.encode(), "text/plain; charset=utf-8", [("x-shipyard-log-cursor", chunk.cursor)])
+
+    async def logs(self, request: Request, kind: Kind, namespace: str, name: str) -> Response:
+        """Without a cursor: the last ``tail`` lines. With one: the lines since, waiting up to ``wait_s`` for some."""
+        body = _json_body(request)
+        revision, cursor = body.get("revision"), body.get("cursor")
+        tail, wait_s = body.get("tail", DEFAULT_TAIL), body.get("wait_s", 0)
+        if revision is not None and not isinstance(revision, str):
+            raise ApiError(400, '"revision" must be a revision name, "latest" or "prev"')
+        if isinstance(tail, bool) or not isinstance(tail, int) or tail < 0:
+            raise ApiError(400, f'"tail" must be a number of lines (0 or more), got {tail!r}')
+        if isinstance(wait_s, bool) or not isinstance(wait_s, (int, float)) or not 0 <= wait_s <= MAX_WAIT_S:
+            raise ApiError(400, f'"wait_s" must be between 0 and {MAX_WAIT_S:g} seconds, got {wait_s!r}')
+
+        def find() -> list[logs.LogFile]:
+            return self._log_files(kind, namespace, name, revision)
+
+        if cursor is None:
+            chunk = logs.tail(find(), tail)
+        else:
+            try:
+                logs.decode_cursor(str(cursor))
+            except ValueError as exc:
+                raise ApiError(400, str(exc)) from None
+            chunk = await logs.follow(find, str(cursor), float(wait_s))
+        return json_response({"text": chunk.text, "cursor": chunk.cursor})
+
+    def _log_files(self, kind: Kind, namespace: str, name: str, revision: str | None) -> list[logs.LogFile]:
+        """A revision's logs (a name, ``latest`` or ``prev``); by default those of revisions with replicas now."""
+        resource = self.store.get(kind.kind, namespace, name)
+        replicas = self.store.replicas(namespace, name)
+        recorded = {Path(replica.log_path): replica.revision for replica in replicas if replica.log_path}
+        files = logs.files_in(self.logs_dir / namespace / name, recorded)
+        if revision in ("latest", "prev"):
+            predictor = ((resource.status if resource else {}).get("components") or {}).get("predictor") or {}
+            wanted = (predictor.get("latestCreatedRevision") or predictor.get("latestReadyRevision")
+                      if revision == "latest" else predictor.get("previousRolledoutRevision"))
+            if not wanted:
+                raise ApiError(404, f"'{name}' has no {revision} revision yet")
+            revision = wanted
+        if revision is not None:
+            chosen = [file for file in files if file.revision == revision]
+            if not chosen:
+                known = sorted({file.revision for file in files})
+                raise ApiError(404, f"no logs of revision '{revision}' of '{name}'; logs exist for: "
+                               f"{', '.join(known) or 'no revision'}")
+            return chosen
+        if resource is None and not files:
+            raise ApiError(404, f"{kind.kind.lower()} '{name}' not found in namespace '{namespace}'")
+        live = {replica.revision for replica in replicas}
+        return [file for file in files if file.revision in live] or files
+
+
+def _kind(name: str) -> Kind:
+    try:
+        return kind_of(name)
+    except UnknownKind as exc:
+        raise ApiError(404, str(exc)) from None
+
+
+def _json_body(request: Request) -> dict[str, Any]:
+    if not request.body.strip():
+        return {}
+    try:
+        body = json.loads(request.body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ApiError(400, f"the body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, f"the body must be a JSON object, not {type(body).__name__}")
+    return body

@@ -1,0 +1,235 @@
+"""Talk to the control plane's API: the client behind ``shipyard apply/get/...`` and ``shipyard.Client``.
+
+    >>> client = ControlClient()                     # finds the plane through $SHIPYARD_HOME/plane.json
+    >>> client.apply(path="sklearn-iris.yaml")
+    [{'kind': 'InferenceService', 'name': 'sklearn-iris', 'action': 'created', ...}]
+    >>> client.wait_ready("isvc", "sklearn-iris")["status"]["url"]
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from shipyard.control.plane import running_plane
+from shipyard.control.resources import DEFAULT_NAMESPACE, kind_of, parse_documents
+from shipyard.control.validation import resolve_storage_paths
+
+START_HINT = "start it with: shipyard up --detach"
+
+
+class PlaneNotRunning(RuntimeError):
+    """No control plane answers (none holds $SHIPYARD_HOME's plane lock, or nothing answers on /healthz)."""
+
+    def __init__(self, detail: str = "") -> None:
+        super().__init__(f"the control plane is not running{f' ({detail})' if detail else ''}; {START_HINT}")
+
+
+class ControlError(Exception):
+    """The API refused a request; ``errors`` lists per-document field errors of a refused apply."""
+
+    def __init__(self, status: int, message: str, errors: list[dict[str, Any]] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.errors = errors or []
+
+
+class NotReady(TimeoutError):
+    """A resource did not become ready in time; the message carries its conditions."""
+
+
+def plane_url(home: Path | None = None) -> str:
+    """The API URL of the running control plane; PlaneNotRunning says how to start one."""
+    info = running_plane(home)
+    if info is None:
+        raise PlaneNotRunning()
+    url = info.get("api_url")
+    if not url:
+        raise PlaneNotRunning("it is starting or its plane.json has no api_url")
+    try:
+        ok = httpx.get(f"{url}/healthz", timeout=5.0, trust_env=False).status_code == 200
+    except httpx.HTTPError as exc:
+        raise PlaneNotRunning(f"nothing answers at {url}: {type(exc).__name__}") from None
+    if not ok:
+        raise PlaneNotRunning(f"{url}/healthz does not answer 200")
+    return str(url)
+
+
+def read_documents(source: str | Path, stdin: Any = None) -> list[dict[str, Any]]:
+    """The documents of a YAML/JSON file (``-`` reads stdin), relative storageUri paths made absolute
+    against the file's folder (stdin: the current folder). DocumentError/OSError name the file."""
+    if str(source) == "-":
+        text, base, name = (stdin or sys.stdin).read(), Path.cwd(), "stdin"
+    else:
+        path = Path(source).expanduser()
+        text, base, name = path.read_text(), path.resolve().parent, str(source)
+    return [resolve_storage_paths(document, base) for document in parse_documents(text, name)]
+
+
+class ControlClient:
+    """The control plane's API as methods. ``url`` defaults to the plane found in ``$SHIPYARD_HOME``."""
+
+    def __init__(self, url: str | None = None, timeout: float = 30.0, home: Path | None = None) -> None:
+        self.url = (url or plane_url(home)).rstrip("/")
+        self.timeout = timeout
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, trust_env=False)  # the plane is local
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "ControlClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- resources ------------------------------------------------------------------------------
+    def apply(self, documents: list[dict[str, Any]] | dict[str, Any] | None = None, *, path: str | Path | None = None,
+              text: str | None = None, dry_run: bool = False, namespace: str | None = None) -> list[dict[str, Any]]:
+        """Apply documents, a file or a YAML text, all or none: ``[{kind, namespace, name, action, warnings}]``.
+
+        ``namespace`` fills in documents without one (and refuses documents that name another).
+        Raises ControlError with ``errors`` (document index, field path, message) if any is invalid.
+        """
+        if sum(source is not None for source in (documents, path, text)) != 1:
+            raise ValueError("give exactly one of documents, path or text")
+        if path is not None:
+            items = read_documents(path)
+        elif text is not None:
+            items = [resolve_storage_paths(doc, Path.cwd()) for doc in parse_documents(text)]
+        else:  # copies: the caller's documents stay as they were
+            items = [resolve_storage_paths(copy.deepcopy(doc), Path.cwd()) for doc in
+                     (documents if isinstance(documents, list) else [documents])]
+        if namespace is not None:
+            items = [with_namespace(document, namespace) for document in items]
+        return self._call("POST", "/apis/apply", {"documents": items, "dry_run": dry_run})["results"]
+
+    def get(self, kind: str, name: str | None = None,
+            namespace: str | None = DEFAULT_NAMESPACE) -> dict[str, Any] | list[dict[str, Any]]:
+        """One resource (with status), or every resource of the kind in ``namespace`` (None: all namespaces)."""
+        plural = kind_of(kind).plural
+        if name is None:
+            suffix = f"/{namespace}" if namespace else ""
+            return self._call("GET", f"/apis/{plural}{suffix}")["items"]
+        return self._call("GET", f"/apis/{plural}/{namespace or DEFAULT_NAMESPACE}/{name}")
+
+    def describe(self, kind: str, name: str, namespace: str = DEFAULT_NAMESPACE) -> dict[str, Any]:
+        """The resource with its revisions, replicas, routes and recent events."""
+        return self._call("GET", f"/apis/{kind_of(kind).plural}/{namespace}/{name}/describe")
+
+    def delete(self, kind: str, name: str, namespace: str = DEFAULT_NAMESPACE, wait: bool = False,
+               timeout: float = 60.0) -> None:
+        """Delete a resource; with ``wait``, return once the controller has removed it and its replicas."""
+        plural = kind_of(kind).plural
+        self._call("DELETE", f"/apis/{plural}/{namespace}/{name}")
+        deadline = time.monotonic() + timeout
+        while wait:
+            try:
+                self._call("GET", f"/apis/{plural}/{namespace}/{name}")
+            except ControlError as exc:
+                if exc.status == 404:
+                    return
+                raise
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name} is still being deleted after {timeout:g}s")
+            time.sleep(0.2)
+
+    def rollout(self, name: str, action: str, revision: str | None = None,
+                namespace: str = DEFAULT_NAMESPACE) -> dict[str, Any]:
+        """``promote``, ``rollback`` or ``pin`` (with ``revision``) an InferenceService: ``{"message", ...}``."""
+        return self._call("POST", f"/apis/inferenceservices/{namespace}/{name}/rollout",
+                          {"action": action, "revision": revision})
+
+    def wait_ready(self, kind: str, name: str, timeout: float = 120.0, namespace: str = DEFAULT_NAMESPACE,
+                   interval: float = 0.25) -> dict[str, Any]:
+        """Poll until the resource's current generation is Ready; NotReady lists its conditions on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            resource = self._call("GET", f"/apis/{kind_of(kind).plural}/{namespace}/{name}")
+            if is_ready(resource):
+                return resource
+            if time.monotonic() > deadline:
+                raise NotReady(f"{name} is not ready after {timeout:g}s: {conditions_summary(resource)}")
+            time.sleep(interval)
+
+    # -- logs -----------------------------------------------------------------------------------
+    def logs(self, name: str, namespace: str = DEFAULT_NAMESPACE, revision: str | None = None, tail: int = 200,
+             kind: str = "isvc") -> str:
+        """The last ``tail`` lines of each replica's log (lines prefixed ``[replica]`` when there are several)."""
+        return self._logs(kind, name, namespace, {"revision": revision, "tail": tail})["text"]
+
+    def follow_logs(self, name: str, namespace: str = DEFAULT_NAMESPACE, revision: str | None = None,
+                    tail: int = 200, kind: str = "isvc", wait_s: float = 10.0) -> Iterator[str]:
+        """The last ``tail`` lines, then new lines as they are written (until the caller stops iterating)."""
+        chunk = self._logs(kind, name, namespace, {"revision": revision, "tail": tail})
+        while True:
+            if chunk["text"]:
+                yield chunk["text"]
+            chunk = self._logs(kind, name, namespace, {"revision": revision, "cursor": chunk["cursor"],
+                                                        "wait_s": wait_s})
+
+    def _logs(self, kind: str, name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._call("POST", f"/apis/{kind_of(kind).plural}/{namespace}/{name}/logs", body)
+
+    def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        wait_s = (body or {}).get("wait_s", 0)  # a long poll answers after up to wait_s
+        try:
+            response = self._http.request(method, path, json=body, timeout=self.timeout + wait_s)
+        except httpx.TransportError as exc:
+            raise PlaneNotRunning(f"cannot reach {self.url}: {type(exc).__name__}") from None
+        try:
+            payload = response.json()
+        except ValueError:
+            payload = {"error": response.text}
+        if response.status_code >= 400:
+            message = payload.get("error") if isinstance(payload, dict) else None
+            raise ControlError(response.status_code, message or f"HTTP {response.status_code}",
+                               payload.get("errors") if isinstance(payload, dict) else None)
+        return payload
+
+
+def with_namespace(document: dict[str, Any], namespace: str) -> dict[str, Any]:
+    """The document in ``namespace``; ValueError when it names another one (as kubectl refuses)."""
+    metadata = document.setdefault("metadata", {}) if isinstance(document, dict) else None
+    if not isinstance(metadata, dict):
+        return document
+    named = metadata.get("namespace")
+    if named not in (None, namespace):
+        raise ValueError(f"{metadata.get('name')!r} names namespace '{named}', which does not match "
+                         f"--namespace '{namespace}'")
+    metadata["namespace"] = namespace
+    return document
+
+
+def condition(resource: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for entry in (resource.get("status") or {}).get("conditions") or []:
+        if entry.get("type") == kind:
+            return entry
+    return None
+
+
+def is_ready(resource: dict[str, Any]) -> bool:
+    """Ready=True for the resource's current generation (a Ready left from the previous spec does not count)."""
+    ready = condition(resource, "Ready")
+    observed = (resource.get("status") or {}).get("observedGeneration")
+    generation = (resource.get("metadata") or {}).get("generation") or 0
+    return bool(ready and ready.get("status") == "True" and (observed is None or observed >= generation))
+
+
+def conditions_summary(resource: dict[str, Any]) -> str:
+    """'PredictorReady=False (RevisionFailed: ...); Ready=False (...)' or what is missing."""
+    entries = (resource.get("status") or {}).get("conditions") or []
+    if not entries:
+        return "it has no status yet (is the control plane's controller running?)"
+    parts = []
+    for entry in entries:
+        why = ": ".join(part for part in (entry.get("reason"), entry.get("message")) if part)
+        parts.append(f"{entry.get('type')}={entry.get('status')}" + (f" ({why})" if why else ""))
+    return "; ".join(parts)

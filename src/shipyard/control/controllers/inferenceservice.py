@@ -1,0 +1,338 @@
+"""The InferenceService controller: spec -> revisions -> replicas -> routes -> status.
+
+One reconcile pass runs every half second, and at once when the API sets ``wake``. For each
+service it:
+
+1. creates a revision when the predictor's fingerprint changed (revisions.py);
+2. works out the traffic (traffic.py; only ready revisions get traffic) and keeps ``minReplicas``
+   replicas running (replicas.py: restarts with backoff) for every revision that has traffic, is
+   tagged, is the latest or is shadowed;
+3. publishes the gateway's route table (store.set_routes) BEFORE stopping anything, then stops
+   the replicas of revisions that lost their traffic once the gateway no longer routes to them
+   and has no request in flight for them;
+4. rolls a canary back when it breaks its ``serving.shipyard.io/rollback-*`` thresholds;
+5. writes ``status`` (status.py) and events.
+
+Deleting a service withdraws its routes, drains, stops its replicas and then forgets it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+from shipyard.control.controllers import traffic
+from shipyard.control.controllers.replicas import Replica, Replicas
+from shipyard.control.controllers.rollout import (
+    PIN_ANNOTATION,
+    SHADOW_ANNOTATION,
+    SHADOW_PERCENT_ANNOTATION,
+    predictor_status,
+    rollback_policy,
+)
+from shipyard.control.controllers.status import Observed, service_status
+from shipyard.control.engines.base import Engine
+from shipyard.control.model_source import gateway_settings
+from shipyard.control.resources import INFERENCE_SERVICE, Resource, canonical_json
+from shipyard.control.revisions import predictor_fingerprint, revision_spec
+from shipyard.control.store import Revision, Store
+
+log = logging.getLogger("shipyard.control")
+
+KIND = INFERENCE_SERVICE.kind
+INTERVAL_S = 0.5
+#: How long the gateway may take to load a new route table (it polls every 100 ms).
+ROUTE_PICKUP_S = 0.5
+#: A revision whose requests have not finished this long after it lost its traffic is stopped anyway.
+DRAIN_TIMEOUT_S = 30.0
+DOMAIN = "example.com"
+
+
+class RevisionStats(Protocol):
+    """What the controller reads from the gateway about one revision over a window."""
+
+    requests: int
+    errors: int
+    p99_ms: float | None
+
+
+class Plan:
+    """One pass's view of one service: its revisions, what is ready, what the status last said."""
+
+    def __init__(self, resource: Resource, revisions: list[Revision], ready: set[str]) -> None:
+        status = predictor_status(resource.status)
+        self.revisions = {r.name: r for r in revisions}
+        self.latest = revisions[-1]
+        self.ready = ready
+        candidates = [r for r in ready | {status.get("latestReadyRevision")} if r in self.revisions]
+        self.latest_ready = max(candidates, key=lambda r: self.revisions[r].number) if candidates else None
+        self.rolled_out = self._known(status.get("latestRolledoutRevision"))
+        self.previous = self._known(status.get("previousRolledoutRevision"))
+        self.published = [t for t in traffic.from_status(status.get("traffic")) if t.revision in self.revisions]
+        self.shadow: str | None = None
+        self.shadow_percent = 100
+
+    def _known(self, revision: str | None) -> str | None:
+        return revision if revision in self.revisions else None
+
+
+class InferenceServiceController:
+    """Reconciles every stored InferenceService toward running replicas, routes and status.
+
+    The gateway's side comes in as callables: ``in_flight(revision)`` and ``references(revision)``
+    (may a revision stop?), ``stats(revision, window_s)`` (automatic rollback), ``gateway_url()``.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        engine: Engine,
+        logs_dir: Path,
+        in_flight: Callable[[str], int] = lambda revision: 0,
+        references: Callable[[str], bool] | None = None,
+        stats: Callable[[str, float], RevisionStats] | None = None,
+        gateway_url: Callable[[], str | None] = lambda: None,
+        domain: str = DOMAIN,
+    ) -> None:
+        self.store = store
+        self.in_flight = in_flight
+        self.references = references
+        self.stats = stats
+        self.gateway_url = gateway_url
+        self.domain = domain
+        self.wake = asyncio.Event()
+        self.replicas = Replicas(store, engine, logs_dir, self.wake.set)
+        self._tables: dict[tuple[str, str], dict[str, Any]] = {}  # last published, by (namespace, isvc)
+        self._routed: dict[tuple[str, str], set[str]] = {}  # the revisions the last table sends requests to
+        self._published_at: dict[tuple[str, str], float] = {}
+        self._deleting: dict[tuple[str, str], asyncio.Task[None]] = {}
+        self._warned: set[tuple[str, str, str]] = set()
+
+    # -- the loop ----------------------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Reconcile until ``stop`` is set."""
+        while not stop.is_set():
+            try:
+                await self.reconcile_all()
+            except Exception:  # one bad pass must not end the control plane
+                log.exception("reconcile pass failed")
+            self.wake.clear()
+            waits = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stop.wait())]
+            await asyncio.wait(waits, timeout=INTERVAL_S, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waits:
+                waiter.cancel()
+
+    async def reconcile_all(self) -> None:
+        """One pass over every InferenceService."""
+        resources = self.store.list(KIND)
+        await self.replicas.observe()
+        for resource in resources:
+            try:
+                await self.reconcile(resource)
+            except Exception:
+                log.exception("reconciling %s/%s failed", resource.namespace, resource.name)
+        live = {(r.namespace, r.name) for r in resources}
+        for replica in list(self.replicas.items.values()):  # replicas of services that are gone
+            if (replica.namespace, replica.isvc) not in live:
+                self.replicas.drain(replica, time.monotonic(), self._may_stop, force=True)
+
+    async def reconcile(self, resource: Resource) -> None:
+        """Bring one service one step closer to its spec."""
+        namespace, name = resource.namespace, resource.name
+        if resource.deleting:
+            if (namespace, name) not in self._deleting:
+                self._deleting[(namespace, name)] = asyncio.ensure_future(self._delete(namespace, name))
+            return
+        predictor = resource.spec.get("predictor") or {}
+        plan = Plan(resource, self._revisions(resource, predictor), self.replicas.ready_revisions(namespace, name))
+        self._shadow(resource, plan)
+        desired = self._desired(resource, predictor, plan)
+        switch = traffic.can_switch(desired, plan.ready)
+        targets = desired if switch else plan.published
+        if switch and targets != plan.published:
+            self.store.event(KIND, namespace, name, "Normal", "TrafficShifted", f"traffic: {traffic.describe(targets)}")
+        rolled_out, previous = traffic.rolled_out_after(targets, plan.rolled_out, plan.previous)
+
+        wanted = {t.revision for t in desired + targets} | {plan.latest.name} | ({plan.shadow} if plan.shadow else set())
+        count = _min_replicas(predictor)
+        now = time.monotonic()
+        for revision in sorted(wanted):
+            self.replicas.ensure(namespace, name, revision, count, now)
+        self._publish(namespace, name, targets, plan)  # routes first: only then may replicas stop
+        for replica in self.replicas.of(namespace, name):
+            if replica.revision not in wanted or replica.index >= count:
+                self.replicas.drain(replica, now, self._may_stop)
+        self._auto_rollback(resource, targets, rolled_out)
+        seen = Observed(name, namespace, resource.generation, plan.latest.name, plan.latest_ready, rolled_out,
+                        previous, targets, plan.ready)
+        status = service_status(resource.status or {}, seen,
+                                lambda revision: self.replicas.why_not_ready(namespace, name, revision),
+                                self.gateway_url(), self.domain)
+        if canonical_json(status) != canonical_json(resource.status or {}):
+            self.store.set_status(KIND, namespace, name, status)
+
+    # -- revisions and traffic ---------------------------------------------------------------------
+    def _revisions(self, resource: Resource, predictor: dict[str, Any]) -> list[Revision]:
+        """The service's revisions, oldest first, with a new one when the predictor changed."""
+        revisions = self.store.revisions(resource.namespace, resource.name)
+        fingerprint = predictor_fingerprint(predictor)
+        if revisions and revisions[-1].fingerprint == fingerprint:
+            return revisions
+        revision = self.store.add_revision(resource.namespace, resource.name, fingerprint, revision_spec(predictor),
+                                           resource.generation)
+        self.store.event(KIND, resource.namespace, resource.name, "Normal", "RevisionCreated",
+                         f"revision {revision.name} created for generation {resource.generation}")
+        return [*revisions, revision]
+
+    def _desired(self, resource: Resource, predictor: dict[str, Any], plan: Plan) -> list[traffic.Target]:
+        pinned = resource.annotations.get(PIN_ANNOTATION)
+        if pinned and pinned not in plan.revisions:
+            self._warn_once(resource, f"metadata.annotations.{PIN_ANNOTATION}: no revision '{pinned}'; "
+                            "the pin is ignored")
+            pinned = None
+        canary = predictor.get("canaryTrafficPercent")
+        canary = canary if isinstance(canary, int) and not isinstance(canary, bool) else None
+        return traffic.desired_traffic(plan.latest_ready, plan.rolled_out, canary, pinned)
+
+    def _shadow(self, resource: Resource, plan: Plan) -> None:
+        """The revision the service's annotations ask to mirror traffic to, and how much of it."""
+        shadow = resource.annotations.get(SHADOW_ANNOTATION)
+        if not shadow:
+            return
+        plan.shadow = plan.latest.name if shadow == "latest" else shadow if shadow in plan.revisions else None
+        if plan.shadow is None:
+            self._warn_once(resource, f"metadata.annotations.{SHADOW_ANNOTATION}: no revision '{shadow}'; expected "
+                            f"'latest' or one of {', '.join(plan.revisions)}")
+        try:
+            plan.shadow_percent = max(0, min(100, int(resource.annotations.get(SHADOW_PERCENT_ANNOTATION, 100))))
+        except ValueError:
+            self._warn_once(resource, f"metadata.annotations.{SHADOW_PERCENT_ANNOTATION}: expected a whole number "
+                            "from 0 to 100; mirroring 100%")
+
+    # -- routes ------------------------------------------------------------------------------------
+    def _publish(self, namespace: str, isvc: str, targets: list[traffic.Target], plan: Plan) -> None:
+        """Write the gateway's route table when it changed (with a higher version)."""
+        key = (namespace, isvc)
+        table = self.route_table(namespace, isvc, targets, plan)
+        last = self._tables.get(key)
+        if last is not None and {**last, "version": 0} == table:
+            return
+        table["version"] = (last or {}).get("version", 0) + 1
+        self.store.set_routes(namespace, isvc, table)
+        self._tables[key] = table
+        self._published_at[key] = time.monotonic()
+        self._routed[key] = _routed_revisions(table)
+
+    def route_table(self, namespace: str, isvc: str, targets: list[traffic.Target], plan: Plan) -> dict[str, Any]:
+        """The table the gateway routes by (see the control-plane contract); ``protocol`` and ``timeout_s``
+        are the latest revision's, and each backend carries its own revision's timeout too."""
+        protocol, timeout_s = gateway_settings(plan.latest.spec)
+        backends = [{"revision": t.revision, "percent": t.percent, "tags": [t.tag] if t.tag else [],
+                     "replicas": self.replicas.endpoints(namespace, isvc, t.revision),
+                     "timeout_s": gateway_settings(plan.revisions[t.revision].spec)[1]} for t in targets]
+        shadow = None
+        if plan.shadow and plan.shadow_percent > 0 and plan.shadow in plan.ready and not any(
+                t.revision == plan.shadow and t.percent == 100 for t in targets):
+            shadow = {"revision": plan.shadow, "percent": plan.shadow_percent,
+                      "replicas": self.replicas.endpoints(namespace, isvc, plan.shadow)}
+        return {"isvc": isvc, "namespace": namespace, "protocol": protocol, "timeout_s": timeout_s,
+                "backends": backends, "shadow": shadow, "version": 0}
+
+    def _may_stop(self, replica: Replica, now: float) -> bool:
+        """May a draining replica stop? When its revision lost its traffic: once the gateway no longer
+        routes to it and has no request in flight for it. When it was scaled away (its revision still
+        routed): once the gateway had time to load the table without it (its SIGTERM drain does the rest)."""
+        key = (replica.namespace, replica.isvc)
+        waited = now - max(self._published_at.get(key, 0.0), replica.drain_since or now)
+        if replica.revision in self._routed.get(key, set()):
+            return waited >= ROUTE_PICKUP_S
+        return waited >= DRAIN_TIMEOUT_S or not self._gateway_uses(replica.revision, waited)
+
+    def _gateway_uses(self, revision: str, waited: float) -> bool:
+        """Does the gateway still route to, or have requests in flight at, ``revision``?"""
+        routed = self.references(revision) if self.references is not None else waited < ROUTE_PICKUP_S
+        return routed or self.in_flight(revision) > 0
+
+    # -- automatic rollback ------------------------------------------------------------------------
+    def _auto_rollback(self, resource: Resource, targets: list[traffic.Target], rolled_out: str | None) -> None:
+        """Pin the rolled-out revision when the canary breaks its thresholds."""
+        if self.stats is None or rolled_out is None:
+            return
+        canary = next((t for t in targets if t.tag == traffic.LATEST and 0 < t.percent < 100
+                       and t.revision != rolled_out), None)
+        if canary is None:
+            return
+        try:
+            policy = rollback_policy(resource.annotations)
+        except ValueError as exc:
+            self._warn_once(resource, str(exc))
+            return
+        if policy is None:
+            return
+        numbers = self.stats(canary.revision, policy.window_s)
+        why = policy.breach(numbers.requests, numbers.errors, numbers.p99_ms)
+        stored = self.store.get(KIND, resource.namespace, resource.name)
+        if why is None or stored is None or stored.deleting:
+            return
+        stored.annotations = {**stored.annotations, PIN_ANNOTATION: rolled_out}
+        self.store.apply(stored)
+        self.store.event(KIND, resource.namespace, resource.name, "Warning", "CanaryRolledBack",
+                         f"canary {canary.revision} rolled back to {rolled_out}: {why}")
+        self.wake.set()
+
+    def _warn_once(self, resource: Resource, message: str) -> None:
+        marker = (resource.namespace, resource.name, message)
+        if marker not in self._warned:
+            self._warned.add(marker)
+            self.store.event(KIND, resource.namespace, resource.name, "Warning", "InvalidAnnotation", message)
+
+    # -- delete, recovery, shutdown ----------------------------------------------------------------
+    async def _delete(self, namespace: str, name: str) -> None:
+        """Withdraw the routes, let in-flight requests finish, stop every replica, forget the service."""
+        try:
+            self.store.set_routes(namespace, name, None)
+            withdrawn = time.monotonic()
+            replicas = self.replicas.of(namespace, name)
+            revisions = {r.revision for r in replicas}
+            while time.monotonic() - withdrawn < DRAIN_TIMEOUT_S and any(
+                    self._gateway_uses(revision, time.monotonic() - withdrawn) for revision in revisions):
+                await asyncio.sleep(0.05)
+            await self.replicas.stop_all(replicas)
+            self.store.remove(KIND, namespace, name)
+            self.replicas.forget(namespace, name)
+            for state in (self._tables, self._routed, self._published_at):
+                state.pop((namespace, name), None)
+            log.info("deleted inferenceservice %s/%s: routes withdrawn, %d replica(s) stopped", namespace, name,
+                     len(replicas))
+        finally:
+            self._deleting.pop((namespace, name), None)
+
+    async def recover(self) -> None:
+        """After a (re)start: adopt or reschedule the recorded replicas, and load the published tables."""
+        await self.replicas.recover()
+        for key, table in self.store.routes().items():
+            self._tables[key] = table
+            self._routed[key] = _routed_revisions(table)
+
+    async def shutdown(self) -> None:
+        """Stop every replica (a clean ``shipyard up`` exit; a killed one leaves them to be adopted)."""
+        for task in list(self._deleting.values()):
+            task.cancel()
+        await asyncio.gather(*self._deleting.values(), return_exceptions=True)
+        await self.replicas.stop_all(list(self.replicas.items.values()))
+
+    async def cancel_starts(self) -> None:
+        await self.replicas.cancel_starts()
+
+
+def _routed_revisions(table: dict[str, Any]) -> set[str]:
+    shadow = table.get("shadow")
+    return {b["revision"] for b in table.get("backends", [])} | ({shadow["revision"]} if shadow else set())
+
+
+def _min_replicas(predictor: dict[str, Any]) -> int:
+    value = predictor.get("minReplicas")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1

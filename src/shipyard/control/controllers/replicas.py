@@ -1,0 +1,284 @@
+"""Replica supervision for the controllers: start (after a backoff), watch, drain, stop and adopt.
+
+Each replica's state lives here and is mirrored in the store's ``replicas`` table, which is what a
+restarted control plane adopts from. Starts and stops run as tasks, so a slow start never holds up
+a reconcile pass. A replica that exits is restarted after 1, 2, 4 ... 30 s (the count starts over
+once a replica stayed ready for a minute); its ``message`` says what happened, for the status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+from shipyard.control.engines.base import Engine, EngineError, ReplicaHandle, ReplicaSpec
+from shipyard.control.model_source import ReplicaCommand, serve_command
+from shipyard.control.resources import INFERENCE_SERVICE
+from shipyard.control.store import ReplicaRecord, Store
+
+log = logging.getLogger("shipyard.control")
+
+KIND = INFERENCE_SERVICE.kind
+BACKOFF_MAX_S = 30.0
+#: A replica that stayed ready this long starts its backoff from 1 s again after a crash.
+BACKOFF_RESET_S = 60.0
+STOP_GRACE_S = 10.0
+#: Failed ready checks in a row before a ready replica leaves the routes (a busy replica may answer slowly).
+UNREADY_AFTER = 3
+
+Key = tuple[str, str, int]  # (namespace, revision, index)
+
+
+@dataclass
+class Replica:
+    """One replica as the controller sees it."""
+
+    namespace: str
+    isvc: str
+    revision: str
+    index: int
+    log_path: Path
+    state: str = "pending"  # pending | starting | ready | backoff | draining
+    handle: ReplicaHandle | None = None
+    restarts: int = 0
+    failures: int = 0  # in a row, for the backoff
+    next_start: float = 0.0  # monotonic
+    ready_since: float | None = None
+    unready_checks: int = 0
+    drain_since: float | None = None
+    last_exit: str = ""
+    message: str = ""
+    started: float = 0.0
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def key(self) -> Key:
+        return (self.namespace, self.revision, self.index)
+
+    @property
+    def busy(self) -> bool:
+        """Is a start or a stop in progress?"""
+        return self.task is not None and not self.task.done()
+
+    def record(self) -> ReplicaRecord:
+        handle = self.handle
+        return ReplicaRecord(self.namespace, self.isvc, self.revision, self.index, handle.pid if handle else None,
+                             handle.http_url if handle else None, handle.grpc_address if handle else None,
+                             self.state, self.restarts, self.last_exit, self.started, str(self.log_path))
+
+
+class Replicas:
+    """Every replica of every service, by (namespace, revision, index)."""
+
+    def __init__(self, store: Store, engine: Engine, logs_dir: Path, on_change: Callable[[], None]) -> None:
+        self.store = store
+        self.engine = engine
+        self.logs_dir = logs_dir
+        self.on_change = on_change
+        self.items: dict[Key, Replica] = {}
+        self._commands: dict[tuple[str, str], ReplicaCommand] = {}
+
+    def of(self, namespace: str, isvc: str, revision: str | None = None) -> list[Replica]:
+        """A service's replicas (of one revision), by index."""
+        return sorted((r for r in self.items.values() if r.namespace == namespace and r.isvc == isvc
+                       and (revision is None or r.revision == revision)), key=lambda r: (r.revision, r.index))
+
+    def ready_revisions(self, namespace: str, isvc: str) -> set[str]:
+        return {r.revision for r in self.of(namespace, isvc) if r.state == "ready"}
+
+    def endpoints(self, namespace: str, isvc: str, revision: str) -> list[dict[str, str | None]]:
+        """The addresses of a revision's ready replicas, for the route table."""
+        return [{"http": r.handle.http_url, "grpc": r.handle.grpc_address}
+                for r in self.of(namespace, isvc, revision) if r.state == "ready" and r.handle]
+
+    def why_not_ready(self, namespace: str, isvc: str, revision: str) -> str:
+        """What keeps a revision from being ready, in words."""
+        for replica in self.of(namespace, isvc, revision):
+            if replica.state != "ready" and replica.message:
+                if replica.message.startswith("replica"):
+                    return replica.message
+                return f"replica {replica.index} of {revision} is {replica.message}"
+        return f"revision {revision} has no ready replica yet"
+
+    # -- starting ----------------------------------------------------------------------------------
+    def ensure(self, namespace: str, isvc: str, revision: str, count: int, now: float) -> None:
+        """Start the missing replicas ``0..count-1`` of a revision (those that failed, after their backoff)."""
+        for index in range(count):
+            replica = self.items.get((namespace, revision, index))
+            if replica is None:
+                log_path = self.logs_dir / namespace / isvc / f"{revision}-{index}.log"
+                replica = self.items[(namespace, revision, index)] = Replica(namespace, isvc, revision, index, log_path)
+            if replica.busy:
+                continue
+            if replica.state == "draining":  # wanted again before it stopped
+                replica.state, replica.drain_since = ("starting" if replica.handle else "pending"), None
+            if replica.state in ("pending", "backoff") and now >= replica.next_start:
+                replica.task = asyncio.ensure_future(self._start(replica))
+
+    async def _start(self, replica: Replica) -> None:
+        namespace, isvc = replica.namespace, replica.isvc
+        replica.state, replica.message, replica.started = "starting", "starting", time.time()
+        try:
+            command = await self.command(namespace, isvc, replica.revision)
+            spec = ReplicaSpec(namespace, isvc, replica.revision, replica.index, command.argv, command.env,
+                               replica.log_path)
+            self.store.upsert_replica(replica.record())
+            replica.handle = await self.engine.start(spec)
+        except (ValueError, EngineError, OSError) as exc:
+            self._failed(replica, f"replica {replica.index} of {replica.revision} failed to start: {exc}")
+            return
+        replica.message = "loading its model"
+        self.store.upsert_replica(replica.record())
+        self.store.event(KIND, namespace, isvc, "Normal", "ReplicaStarted",
+                         f"replica {replica.index} of {replica.revision} started (pid {replica.handle.pid}, "
+                         f"{replica.handle.http_url})")
+        self.on_change()
+
+    async def command(self, namespace: str, isvc: str, revision: str) -> ReplicaCommand:
+        """The revision's ``shipyard serve`` command (a remote model is fetched first, in a thread)."""
+        cached = self._commands.get((namespace, revision))
+        if cached is not None:
+            return cached
+        stored = next((r for r in self.store.revisions(namespace, isvc) if r.name == revision), None)
+        if stored is None:
+            raise ValueError(f"revision {revision} is not recorded")
+        command = await asyncio.to_thread(serve_command, isvc, stored.spec)
+        for message in command.warnings:
+            self.store.event(KIND, namespace, isvc, "Warning", "FieldIgnored", f"{revision}: {message}")
+        self._commands[(namespace, revision)] = command
+        return command
+
+    def forget(self, namespace: str, isvc: str) -> None:
+        """Drop what is cached for a deleted service (a new one of that name starts afresh)."""
+        for key in [key for key in self._commands if key[0] == namespace and key[1].startswith(f"{isvc}-predictor-")]:
+            del self._commands[key]
+
+    def _failed(self, replica: Replica, why: str) -> None:
+        """A replica ended or could not start: schedule its restart after the backoff."""
+        now = time.monotonic()
+        if replica.ready_since is not None and now - replica.ready_since >= BACKOFF_RESET_S:
+            replica.failures = 0
+        delay = min(BACKOFF_MAX_S, 2.0 ** replica.failures)
+        replica.failures += 1
+        replica.restarts += 1
+        replica.state, replica.handle, replica.ready_since = "backoff", None, None
+        replica.next_start = now + delay
+        replica.last_exit = why
+        replica.message = f"{why}; restarting in {delay:g}s"
+        self.store.upsert_replica(replica.record())
+        self.store.event(KIND, replica.namespace, replica.isvc, "Warning", "ReplicaFailed", replica.message)
+
+    # -- watching ----------------------------------------------------------------------------------
+    async def observe(self) -> None:
+        """Find replicas that exited (their restart is scheduled) and replicas that became ready or stopped
+        being ready."""
+        watched = [r for r in self.items.values() if r.handle is not None and not r.busy
+                   and r.state in ("starting", "ready")]
+        ready = await asyncio.gather(*(self._check(r) for r in watched))
+        for replica, is_ready in zip(watched, ready):
+            if is_ready is None:
+                continue
+            replica.unready_checks = 0 if is_ready else replica.unready_checks + 1
+            if is_ready and replica.state == "starting":
+                replica.state, replica.ready_since, replica.message = "ready", time.monotonic(), "ready"
+                self.store.upsert_replica(replica.record())
+                self.store.event(KIND, replica.namespace, replica.isvc, "Normal", "ReplicaReady",
+                                 f"replica {replica.index} of {replica.revision} is ready")
+            elif replica.state == "ready" and replica.unready_checks >= UNREADY_AFTER:
+                replica.state, replica.message = "starting", "not ready (its /v2/health/ready fails)"
+                self.store.upsert_replica(replica.record())
+
+    async def _check(self, replica: Replica) -> bool | None:
+        """Ready or not; None (after scheduling a restart) when the process is gone."""
+        handle = replica.handle
+        assert handle is not None
+        if not self.engine.alive(handle):
+            self._failed(replica, f"replica {replica.index} of {replica.revision} {_exit(self.engine.exit_code(handle))}")
+            return None
+        return await self.engine.ready(handle)
+
+    # -- stopping ----------------------------------------------------------------------------------
+    def drain(self, replica: Replica, now: float, may_stop: Callable[[Replica, float], bool],
+              force: bool = False) -> None:
+        """Take a replica out of service: it turns ``draining`` (the next route table leaves it out) and
+        stops once ``may_stop(replica, now)`` says the gateway is done with it. ``force`` also cancels
+        a start in progress."""
+        if replica.busy:
+            if force and replica.state == "starting" and replica.task is not None:
+                replica.task.cancel()  # the engine kills what it spawned
+            return
+        if replica.state != "draining":
+            replica.state, replica.drain_since, replica.message = "draining", now, "draining"
+            if replica.handle is not None:
+                self.store.upsert_replica(replica.record())
+            return
+        if replica.handle is None or may_stop(replica, now):
+            replica.task = asyncio.ensure_future(self._stop(replica))
+
+    async def _stop(self, replica: Replica) -> None:
+        if replica.handle is not None:
+            await self.engine.stop(replica.handle, STOP_GRACE_S)
+            self.store.event(KIND, replica.namespace, replica.isvc, "Normal", "ReplicaStopped",
+                             f"replica {replica.index} of {replica.revision} stopped (pid {replica.handle.pid})")
+        self.store.delete_replica(replica.namespace, replica.revision, replica.index)
+        if self.items.get(replica.key) is replica:
+            del self.items[replica.key]
+
+    async def stop_all(self, replicas: list[Replica]) -> None:
+        """Stop replicas now (starts in progress are cancelled, which kills what they spawned)."""
+        for replica in replicas:
+            if replica.busy and replica.state == "starting" and replica.task is not None:
+                replica.task.cancel()
+        await asyncio.gather(*(r.task for r in replicas if r.task is not None), return_exceptions=True)
+        await asyncio.gather(*(self._stop(r) for r in replicas if self.items.get(r.key) is r),
+                             return_exceptions=True)
+
+    async def cancel_starts(self) -> None:
+        """Cancel the starts in progress (each kills the process it spawned); running replicas stay."""
+        tasks = [r.task for r in self.items.values() if r.busy and r.state == "starting" and r.task is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- after a restart ---------------------------------------------------------------------------
+    async def recover(self) -> None:
+        """Adopt the replicas a previous control plane left running, schedule the others to start again,
+        and stop replica processes that no record owns."""
+        adopted: set[str] = set()
+        for record in self.store.replicas():
+            replica = Replica(record.namespace, record.isvc, record.revision, record.index, Path(record.log_path),
+                              restarts=record.restarts, last_exit=record.last_exit, started=record.started)
+            handle = await self.engine.adopt(asdict(record))
+            if handle is not None:
+                replica.handle, replica.state, replica.message = handle, handle.state, handle.state
+                replica.ready_since = time.monotonic() if handle.state == "ready" else None
+                adopted.add(handle.spec.replica_id)
+                self.store.event(KIND, record.namespace, record.isvc, "Normal", "ReplicaAdopted",
+                                 f"replica {record.index} of {record.revision} (pid {handle.pid}) adopted after a "
+                                 "control-plane restart")
+            else:
+                replica.message = "starting again after a control-plane restart"
+                if record.pid:
+                    self.store.event(KIND, record.namespace, record.isvc, "Warning", "ReplicaLost",
+                                     f"replica {record.index} of {record.revision} (pid {record.pid}) was gone after "
+                                     "a control-plane restart; starting a new one")
+            self.items[replica.key] = replica
+            self.store.upsert_replica(replica.record())
+        for pid in await self.engine.sweep(adopted):
+            log.warning("stopped replica process %d that no record owned", pid)
+
+
+def _exit(code: int | None) -> str:
+    if code is None:
+        return "exited"
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"

@@ -1,0 +1,285 @@
+"""An InferenceService predictor -> the ``shipyard serve`` command line of one of its replicas.
+
+Both predictor forms are read: ``spec.predictor.model`` (``modelFormat``, ``storageUri``,
+``protocolVersion``, ``runtime``) and the legacy framework fields (``spec.predictor.sklearn``...,
+each holding its own ``storageUri``). How the other predictor fields map onto a local replica:
+
+- ``storageUri``: a local path or ``file://`` URI is served where it is; ``http(s)://``, ``s3://`` and
+  other fsspec URLs are fetched once into ``$SHIPYARD_HOME/cache/models/<hash>/`` (a ``.tar.gz`` or
+  ``.zip`` is unpacked there). A folder with ``shipyard.yaml`` is served as a Shipyard package.
+- ``containerConcurrency: N`` -> ``--max-queue N``: a replica holds at most N waiting requests per
+  model and answers 503 + Retry-After beyond that (Knative would park them in its queue-proxy).
+  0 or absent means the server's default queue.
+- ``batcher.maxBatchSize`` / ``batcher.maxLatency`` -> ``--max-batch-size`` / ``--max-latency-ms``
+  (the replica's own adaptive batcher, which also batches V2 and gRPC, unlike KServe's agent).
+- ``timeout`` (seconds) is for the gateway: it lands in the route table as ``timeout_s``.
+- ``env`` (name/value pairs) becomes the replica's environment.
+- ``resources`` do nothing locally: a replica is a process of this machine, not a pod.
+- ``runtime`` other than ``shipyard``, and container overrides (``image``, ``command``, ``args``), are
+  ignored with a warning: Shipyard serves every format with its own runtime.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tarfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from shipyard.home import shipyard_home
+from shipyard.package.config import CONFIG_FILE
+from shipyard.package.source import model_source as package_model_source
+from shipyard.package.weights import FSSPEC_EXTRAS, _chunks, file_name
+from shipyard.runtimes.registry import FormatError, normalise_format
+
+#: Legacy predictor fields (``spec.predictor.sklearn``...) Shipyard serves.
+LEGACY_FORMATS = ("sklearn", "xgboost", "lightgbm", "onnx", "pytorch", "huggingface")
+#: ``modelFormat.name`` values Shipyard serves; ``custom`` is a Shipyard package or model.py folder.
+MODEL_FORMATS = LEGACY_FORMATS + ("custom",)
+#: Legacy fields KServe has that no Shipyard runtime serves.
+UNSUPPORTED_LEGACY = ("tensorflow", "triton", "pmml", "paddle")
+PROTOCOLS = ("v1", "v2", "grpc-v1", "grpc-v2")
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz", ".zip")
+IGNORED_CONTAINER_FIELDS = ("image", "command", "args", "runtimeVersion")
+
+
+class ModelSourceError(ValueError):
+    """A predictor that cannot become a replica; ``path`` names the field."""
+
+    def __init__(self, path: str, message: str) -> None:
+        super().__init__(f"{path}: {message}")
+        self.path = path
+
+
+@dataclass
+class ReplicaCommand:
+    """How to run one replica of a revision, and what the gateway needs to know about it."""
+
+    argv: list[str]
+    env: dict[str, str] = field(default_factory=dict)
+    protocol: str = "v1"
+    timeout_s: float | None = None
+    format: str = ""
+    model_path: Path | None = None
+    warnings: list[str] = field(default_factory=list)
+
+
+def models_cache() -> Path:
+    return shipyard_home() / "cache" / "models"
+
+
+def predictor_model(predictor: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
+    """The model part of a predictor: (its field path, its mapping, its format name)."""
+    if "model" in predictor:
+        model = predictor["model"] or {}
+        name = (model.get("modelFormat") or {}).get("name")
+        if not name:
+            raise ModelSourceError("spec.predictor.model.modelFormat.name", "is required (e.g. sklearn)")
+        if name.lower() not in MODEL_FORMATS:
+            raise ModelSourceError("spec.predictor.model.modelFormat.name",
+                                   f"'{name}' is not served by Shipyard; expected one of {', '.join(MODEL_FORMATS)}")
+        return "spec.predictor.model", model, name.lower()
+    for legacy in LEGACY_FORMATS:
+        if legacy in predictor:
+            return f"spec.predictor.{legacy}", predictor[legacy] or {}, legacy
+    for legacy in UNSUPPORTED_LEGACY:
+        if legacy in predictor:
+            raise ModelSourceError(f"spec.predictor.{legacy}",
+                                   f"is not served by Shipyard; use spec.predictor.model with one of {', '.join(MODEL_FORMATS)}")
+    if "containers" in predictor:
+        raise ModelSourceError("spec.predictor.containers", "custom containers are not supported locally; use a "
+                               "Shipyard package: modelFormat custom + storageUri pointing at it")
+    raise ModelSourceError("spec.predictor", "needs 'model' (modelFormat + storageUri) or a framework field "
+                           f"({', '.join(LEGACY_FORMATS)})")
+
+
+def gateway_settings(predictor: dict[str, Any]) -> tuple[str, float | None]:
+    """(protocolVersion, timeout in seconds) of a predictor, for the route table; never fails (the
+    replica's command checks these fields)."""
+    try:
+        _, model, _ = predictor_model(predictor)
+    except ModelSourceError:
+        model = {}
+    protocol = model.get("protocolVersion")
+    timeout = predictor.get("timeout")
+    valid_timeout = isinstance(timeout, int) and not isinstance(timeout, bool) and timeout > 0
+    return (protocol if protocol in PROTOCOLS else "v1"), (float(timeout) if valid_timeout else None)
+
+
+def serve_command(isvc: str, predictor: dict[str, Any]) -> ReplicaCommand:
+    """The ``shipyard serve`` arguments for ``predictor`` served as ``isvc`` (remote models are fetched now)."""
+    where, model, format_name = predictor_model(predictor)
+    warnings: list[str] = []
+    runtime = model.get("runtime")
+    if runtime and runtime != "shipyard":
+        warnings.append(f"{where}.runtime: '{runtime}' is ignored; Shipyard serves every format with its own runtime")
+    for name in IGNORED_CONTAINER_FIELDS:
+        if model.get(name):
+            warnings.append(f"{where}.{name}: ignored; a local replica runs `shipyard serve`, not a container")
+    protocol = model.get("protocolVersion") or "v1"
+    if protocol not in PROTOCOLS:
+        raise ModelSourceError(f"{where}.protocolVersion", f"'{protocol}' is not one of {', '.join(PROTOCOLS)}")
+    if model.get("storageUris") or model.get("storage"):
+        raise ModelSourceError(f"{where}.storageUri", "storageUris and storage are not supported; give one storageUri")
+    uri = model.get("storageUri")
+    if not uri or not isinstance(uri, str):
+        raise ModelSourceError(f"{where}.storageUri", "is required: a local path, file://, http(s):// or s3:// URI")
+    path = resolve_storage_uri(uri, f"{where}.storageUri")
+    served_format = check_format(path, format_name, isvc, where)
+
+    argv = [str(path), "--name", isvc]
+    batcher = predictor.get("batcher") or {}
+    if batcher.get("maxBatchSize") is not None:
+        argv += ["--max-batch-size", str(_positive_int(batcher["maxBatchSize"], "spec.predictor.batcher.maxBatchSize"))]
+    if batcher.get("maxLatency") is not None:
+        argv += ["--max-latency-ms", str(_positive_int(batcher["maxLatency"], "spec.predictor.batcher.maxLatency", 0))]
+    concurrency = predictor.get("containerConcurrency")
+    if concurrency:
+        argv += ["--max-queue", str(_positive_int(concurrency, "spec.predictor.containerConcurrency"))]
+    timeout = predictor.get("timeout")
+    timeout_s = float(_positive_int(timeout, "spec.predictor.timeout")) if timeout else None
+    env, env_warnings = _environment(model.get("env") or [], f"{where}.env")
+    return ReplicaCommand(argv, env, protocol, timeout_s, served_format, path, warnings + env_warnings)
+
+
+def check_format(path: Path, format_name: str, isvc: str, where: str) -> str:
+    """The format Shipyard will serve ``path`` as; an error when it is not the declared ``format_name``."""
+    try:
+        source, _ = package_model_source(path, isvc)
+    except ValueError as exc:  # PackageError, FormatError: the artifact cannot be served
+        raise ModelSourceError(f"{where}.storageUri", str(exc)) from None
+    is_package = path.is_dir() and (path / CONFIG_FILE).is_file()
+    field_path = f"{where}.modelFormat.name" if where.endswith(".model") else where
+    if format_name == "custom":
+        if not is_package and source.format != "python":
+            raise ModelSourceError(field_path, f"'custom' needs a Shipyard package (shipyard.yaml) or a folder with "
+                                   f"model.py, but {path} is a {source.format} model")
+        return source.format
+    try:
+        declared = normalise_format(format_name)
+    except FormatError as exc:
+        raise ModelSourceError(field_path, str(exc)) from None
+    if source.format != declared:
+        raise ModelSourceError(field_path, f"says '{format_name}', but {path} is a {source.format} model")
+    return source.format
+
+
+def _positive_int(value: Any, path: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ModelSourceError(path, f"expected an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def _environment(items: list[Any], where: str) -> tuple[dict[str, str], list[str]]:
+    env: dict[str, str] = {}
+    warnings = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or not item.get("name"):
+            raise ModelSourceError(f"{where}[{index}]", "expected {name, value}")
+        if "valueFrom" in item:
+            warnings.append(f"{where}[{index}].valueFrom: not honoured locally; set 'value' instead")
+            continue
+        env[str(item["name"])] = str(item.get("value", ""))
+    return env, warnings
+
+
+# -- storageUri ------------------------------------------------------------------------------------
+def resolve_storage_uri(uri: str, where: str) -> Path:
+    """A local path for ``uri``: local paths as they are, remote ones fetched once into the cache."""
+    parsed = urlparse(uri)
+    if parsed.scheme in ("", "file"):
+        path = Path(parsed.path if parsed.scheme else uri).expanduser()
+        if not path.is_absolute():
+            raise ModelSourceError(where, f"'{uri}' is relative; give an absolute path or a file:// URI (the control "
+                                   "plane does not know which folder it was applied from)")
+        if not path.exists():
+            raise ModelSourceError(where, f"'{uri}' does not exist")
+        return path
+    folder = models_cache() / hashlib.sha256(uri.encode()).hexdigest()[:32]
+    if not folder.is_dir():
+        _fetch_into(uri, folder, where)
+    return _model_in(folder)
+
+
+def _model_in(folder: Path) -> Path:
+    """The model inside a fetched folder: its one file or one sub-folder, else the folder itself."""
+    entries = [entry for entry in folder.iterdir() if not entry.name.startswith(".")]
+    if len(entries) == 1 and (entries[0].is_dir() or not _is_archive(entries[0].name)):
+        return entries[0]
+    return folder
+
+
+def _is_archive(name: str) -> bool:
+    return name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _fetch_into(uri: str, folder: Path, where: str) -> None:
+    """Download ``uri`` (a file or, for fsspec URLs, a folder) into ``folder``, atomically."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = folder.with_name(f".{folder.name}.{os.getpid()}.part")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir()
+    try:
+        scheme = urlparse(uri).scheme
+        if scheme not in ("http", "https") and _fsspec_get_folder(uri, partial, where):
+            pass
+        else:
+            target = partial / file_name(uri)
+            with open(target, "wb") as out:
+                for chunk in _chunks(uri):
+                    out.write(chunk)
+            if _is_archive(target.name):
+                _unpack(target, partial, where)
+                target.unlink()
+        try:
+            os.replace(partial, folder)
+        except OSError:  # another fetch of the same URI finished first: use its copy
+            if not folder.is_dir():
+                raise
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, ModelSourceError):
+            raise
+        raise ModelSourceError(where, f"cannot fetch {uri}: {exc}") from None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
+def _fsspec_get_folder(uri: str, target: Path, where: str) -> bool:
+    """Copy a remote folder (s3://bucket/prefix/) into ``target``; False when ``uri`` is a single file."""
+    try:
+        import fsspec
+    except ImportError:  # pragma: no cover - fsspec is a dependency
+        raise ModelSourceError(where, f"fetching {uri} needs fsspec: pip install fsspec") from None
+    try:
+        fs, path = fsspec.core.url_to_fs(uri)
+    except (ImportError, ValueError) as exc:
+        extra = FSSPEC_EXTRAS.get(urlparse(uri).scheme)
+        raise ModelSourceError(where, f"cannot fetch {uri}: {exc}" + (f"; pip install {extra}" if extra else "")) from None
+    if not fs.isdir(path):
+        if not fs.exists(path):
+            raise ModelSourceError(where, f"{uri} does not exist")
+        return False
+    fs.get(path.rstrip("/") + "/", str(target) + "/", recursive=True)
+    return True
+
+
+def _unpack(archive: Path, target: Path, where: str) -> None:
+    """Unpack a tar or zip archive into ``target``, refusing members that would land outside it."""
+    if archive.name.lower().endswith(".zip"):
+        with zipfile.ZipFile(archive) as zipped:
+            root = target.resolve()
+            for member in zipped.namelist():
+                if not (target / member).resolve().is_relative_to(root):
+                    raise ModelSourceError(where, f"{archive.name}: member '{member}' would unpack outside its folder")
+            zipped.extractall(target)
+        return
+    try:
+        with tarfile.open(archive) as tar:
+            tar.extractall(target, filter="data")
+    except tarfile.TarError as exc:
+        raise ModelSourceError(where, f"{archive.name} is not a readable archive: {exc}") from None

@@ -1,0 +1,492 @@
+"""Check a document before anything is stored: the upstream schema, then Shipyard's rules, then warnings.
+
+``validate(document)`` returns the resource and the warnings for fields that are accepted but not
+honoured yet, or raises ``ValidationError`` listing every problem by field path
+(``spec.predictor.minReplicas: -1 is less than the minimum of 0``).
+
+The schema is KServe's own (``schemas/inferenceservice.v1beta1.json.gz``, see ``schemas/NOTICE``),
+checked with ``jsonschema`` plus what the Kubernetes API server adds to OpenAPI: unknown fields are
+errors (as ``kubectl apply --validate=strict``), ``x-kubernetes-int-or-string``,
+``x-kubernetes-preserve-unknown-fields``, ``x-kubernetes-list-type`` set/map uniqueness, and the
+int32/int64 ranges.
+"""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import gzip
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shipyard.control.resources import KINDS, Kind, Resource, UnknownKind, kind_of
+
+SCHEMA_DIR = Path(__file__).with_name("schemas")
+SCHEMA_FILES = {"InferenceService": "inferenceservice.v1beta1.json.gz"}
+
+#: KServe's InferenceService name rule (a DNS-1035 label: starts with a letter).
+ISVC_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+#: Kubernetes namespace rule (a DNS-1123 label).
+NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+MAX_NAME = 63
+
+MODEL_FORMATS = ("sklearn", "xgboost", "lightgbm", "onnx", "pytorch", "huggingface", "custom")
+#: Legacy ``spec.predictor.<framework>`` fields Shipyard serves (each names its model format).
+FRAMEWORK_FIELDS = ("sklearn", "xgboost", "lightgbm", "onnx", "pytorch", "huggingface")
+UNSUPPORTED_FRAMEWORKS = ("tensorflow", "triton", "pmml", "paddle")
+PROTOCOLS = ("v1", "v2", "grpc-v2")
+URI_SCHEMES = ("file", "http", "https", "s3")
+
+#: Predictor fields the local engine acts on; any other one set gets a warning.
+HONOURED_PREDICTOR = {
+    "model", *FRAMEWORK_FIELDS, "minReplicas", "maxReplicas", "containerConcurrency", "timeout", "batcher",
+    "canaryTrafficPercent", "labels", "annotations",
+}
+#: Fields of the model container (``model`` or a framework field) the local engine acts on.
+HONOURED_CONTAINER = {"modelFormat", "storageUri", "protocolVersion", "runtime", "name"}
+#: Fields that arrive with a later issue: path (below spec) -> what and which issue.
+LATER = {
+    "transformer": "transformers arrive with issue 10",
+    "explainer": "explainers arrive with issue 10",
+    "predictor.logger": "payload logging arrives with issue 10",
+    "predictor.scaleMetric": "autoscaling arrives with issue 9",
+    "predictor.scaleMetricType": "autoscaling arrives with issue 9",
+    "predictor.scaleTarget": "autoscaling arrives with issue 9",
+    "predictor.autoScaling": "autoscaling arrives with issue 9",
+}
+
+SHIPYARD_ANNOTATIONS = "serving.shipyard.io/"
+#: Shipyard's annotations and the values each takes: (kind, low, high); kind "text" takes any non-empty text.
+ANNOTATIONS: dict[str, tuple[str, float, float]] = {
+    "serving.shipyard.io/shadow-revision": ("text", 0, 0),
+    "serving.shipyard.io/shadow-percent": ("number", 0, 100),
+    "serving.shipyard.io/pinned-revision": ("text", 0, 0),
+    "serving.shipyard.io/rollback-max-error-rate": ("number", 0, 1),
+    "serving.shipyard.io/rollback-max-p99-ms": ("number", 0, float("inf")),
+    "serving.shipyard.io/rollback-window-s": ("number", 1, float("inf")),
+    "serving.shipyard.io/rollback-min-requests": ("integer", 1, float("inf")),
+}
+
+_INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+
+
+@dataclass(frozen=True)
+class FieldError:
+    """A problem (or a warning) about one field, named by its path (``spec.predictor.model``)."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class ValidationError(ValueError):
+    """A document that cannot be applied; ``errors`` lists every problem found."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("; ".join(str(error) for error in errors))
+        self.errors = errors
+
+
+@dataclass
+class ValidatedResource:
+    """A document that may be applied, and its warnings (fields accepted but not honoured)."""
+
+    resource: Resource
+    warnings: list[FieldError] = field(default_factory=list)
+
+
+def validate(document: Any) -> ValidatedResource:
+    """Check one document (a parsed YAML/JSON mapping) and turn it into a ``Resource``.
+
+    Raises ``ValidationError`` with every error found; nothing here touches the store.
+    """
+    if not isinstance(document, dict):
+        raise ValidationError([FieldError("", f"a document must be a mapping, not {type(document).__name__}")])
+    kind = _check_kind(document)  # without a known kind there is no schema to check against
+    errors = _metadata_errors(document.get("metadata"))
+    named = {error.path for error in errors}
+    schema_errors = [error for error in _schema_errors(kind, document) if error.path not in named]
+    errors += schema_errors
+    spec = document.get("spec")
+    if spec is None:
+        errors.append(FieldError("spec", "required field is missing (an InferenceService needs spec.predictor)"))
+    elif isinstance(spec, dict):
+        flagged = {error.path for error in schema_errors}
+        errors += [error for error in _shipyard_errors(spec) if error.path not in flagged]
+        metadata = document.get("metadata")
+        errors += _annotation_errors(metadata.get("annotations") if isinstance(metadata, dict) else None)
+    if errors:
+        raise ValidationError(_unique(errors))
+    return ValidatedResource(Resource.from_document(document), _warnings(document))
+
+
+# -- kind and metadata ----------------------------------------------------------------------------
+def _check_kind(document: dict[str, Any]) -> Kind:
+    api_version, kind_name = document.get("apiVersion"), document.get("kind")
+    errors = []
+    if not isinstance(kind_name, str) or not kind_name:
+        errors.append(FieldError("kind", f"required; expected one of: {', '.join(KINDS)}"))
+    if not isinstance(api_version, str) or not api_version:
+        errors.append(FieldError("apiVersion", "required; e.g. serving.kserve.io/v1beta1"))
+    if errors:
+        raise ValidationError(errors)
+    try:
+        kind = kind_of(kind_name)
+    except UnknownKind as exc:
+        raise ValidationError([FieldError("kind", str(exc))]) from None
+    if kind_name != kind.kind:
+        errors.append(FieldError("kind", f"'{kind_name}' is not a kind name; write '{kind.kind}'"))
+    if api_version not in kind.api_versions:
+        errors.append(FieldError("apiVersion", f"'{api_version}' is not served for {kind.kind}; use "
+                                 f"{' or '.join(kind.api_versions)}"))
+    if errors:
+        raise ValidationError(errors)
+    return kind
+
+
+def _metadata_errors(metadata: Any) -> list[FieldError]:
+    if metadata is None:
+        return [FieldError("metadata.name", "required field is missing")]
+    if not isinstance(metadata, dict):
+        return [FieldError("metadata", f"expected a mapping, got {type(metadata).__name__}")]
+    errors = []
+    name = metadata.get("name")
+    if name is None:
+        hint = " (generateName is not supported by apply)" if "generateName" in metadata else ""
+        errors.append(FieldError("metadata.name", f"required field is missing{hint}"))
+    elif not isinstance(name, str) or not ISVC_NAME.match(name) or len(name) > MAX_NAME:
+        errors.append(FieldError("metadata.name", f"{name!r} is not a valid name: use at most {MAX_NAME} lower case "
+                                 "letters, digits or '-', starting with a letter and ending with a letter or digit "
+                                 "(e.g. 'sklearn-iris'), as KServe requires"))
+    namespace = metadata.get("namespace")
+    if namespace is not None and (not isinstance(namespace, str) or not NAMESPACE.match(namespace)
+                                  or len(namespace) > MAX_NAME):
+        errors.append(FieldError("metadata.namespace", f"{namespace!r} is not a valid namespace: use at most "
+                                 f"{MAX_NAME} lower case letters, digits or '-', starting and ending with a letter "
+                                 "or digit"))
+    for key in ("labels", "annotations"):
+        value = metadata.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, dict):
+            errors.append(FieldError(f"metadata.{key}", f"expected a mapping of strings, got {type(value).__name__}"))
+            continue
+        for item, text in value.items():
+            if not isinstance(text, str):
+                errors.append(FieldError(f"metadata.{key}[{item}]", f"{text!r} is not a string; quote it "
+                                         f"(\"{text}\")"))
+    return errors
+
+
+def _annotation_errors(annotations: Any) -> list[FieldError]:
+    errors: list[FieldError] = []
+    if not isinstance(annotations, dict):
+        return errors
+    for key, (kind, low, high) in ANNOTATIONS.items():
+        value = annotations.get(key)
+        if not isinstance(value, str):
+            continue
+        path = f"metadata.annotations[{key}]"
+        if kind == "text":
+            if not value.strip():
+                errors.append(FieldError(path, "must not be empty"))
+            continue
+        try:
+            number = int(value) if kind == "integer" else float(value)
+        except ValueError:
+            errors.append(FieldError(path, f"{value!r} is not {'an integer' if kind == 'integer' else 'a number'}"))
+            continue
+        if not low <= number <= high:
+            bound = f"at least {low:g}" if high == float("inf") else f"between {low:g} and {high:g}"
+            errors.append(FieldError(path, f"{value!r} is out of range; expected {bound}"))
+    return errors
+
+
+# -- the upstream schema --------------------------------------------------------------------------
+@functools.lru_cache(maxsize=None)
+def schema_of(kind: str) -> dict[str, Any]:
+    """The vendored upstream openAPIV3Schema of a kind."""
+    with gzip.open(SCHEMA_DIR / SCHEMA_FILES[kind], "rb") as handle:
+        return json.load(handle)
+
+
+# jsonschema is imported where it is used: the CLI imports this module, and the import costs ~0.15 s.
+def _properties(validator: Any, properties: dict[str, Any], instance: Any, schema: dict[str, Any]) -> Iterator[Any]:
+    """JSON Schema's ``properties``, plus Kubernetes' rule that a field the schema does not list is an error."""
+    from jsonschema import Draft4Validator, ValidationError
+
+    yield from Draft4Validator.VALIDATORS["properties"](validator, properties, instance, schema)
+    if not validator.is_type(instance, "object") or "additionalProperties" in schema \
+            or schema.get("x-kubernetes-preserve-unknown-fields"):
+        return
+    for key in instance:
+        if key not in properties:
+            hint = _did_you_mean(str(key), list(properties))
+            error = ValidationError(f"unknown field{hint}", validator="unknown")
+            error.path.appendleft(key)
+            yield error
+
+
+def _did_you_mean(word: str, choices: list[str]) -> str:
+    same = [choice for choice in choices if choice.lower() == word.lower()]
+    close = same or difflib.get_close_matches(word, choices, n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def _any_of(validator: Any, any_of: list[Any], instance: Any, schema: dict[str, Any]) -> Iterator[Any]:
+    from jsonschema import Draft4Validator, ValidationError
+
+    if schema.get("x-kubernetes-int-or-string"):
+        if isinstance(instance, bool) or not isinstance(instance, (int, str)):
+            yield ValidationError(f"{instance!r} is not an integer or a string")
+        return
+    yield from Draft4Validator.VALIDATORS["anyOf"](validator, any_of, instance, schema)
+
+
+def _format(validator: Any, fmt: str, instance: Any, schema: dict[str, Any]) -> Iterator[Any]:
+    limits = _INT_RANGES.get(fmt)
+    if limits and validator.is_type(instance, "integer") and not limits[0] <= instance <= limits[1]:
+        from jsonschema import ValidationError
+
+        yield ValidationError(f"{instance} is out of the {fmt} range")
+
+
+def _list_type(validator: Any, list_type: str, instance: Any, schema: dict[str, Any]) -> Iterator[Any]:
+    """``x-kubernetes-list-type``: a ``set`` has no duplicates; a ``map`` no two items with the same keys."""
+    if not isinstance(instance, list) or list_type not in ("set", "map"):
+        return
+    keys = schema.get("x-kubernetes-list-map-keys", [])
+    seen: dict[str, int] = {}
+    for index, item in enumerate(instance):
+        if list_type == "map" and not isinstance(item, dict):
+            continue
+        identity = json.dumps([item.get(k) for k in keys] if list_type == "map" else item, sort_keys=True)
+        if identity in seen:
+            what = ", ".join(f"{k}={item.get(k)!r}" for k in keys) if list_type == "map" else repr(item)
+            from jsonschema import ValidationError
+
+            error = ValidationError(f"duplicate of item {seen[identity]} ({what})")
+            error.path.appendleft(index)
+            yield error
+        else:
+            seen[identity] = index
+
+
+@functools.lru_cache(maxsize=None)
+def _validator(kind: str) -> Any:
+    """A JSON Schema (draft 4, as OpenAPI v3) validator with the Kubernetes rules, for a kind's schema."""
+    from jsonschema import Draft4Validator, validators
+
+    kubernetes = validators.extend(Draft4Validator, {
+        "properties": _properties, "anyOf": _any_of, "format": _format, "x-kubernetes-list-type": _list_type,
+    })
+    return kubernetes(schema_of(kind))
+
+
+def _schema_errors(kind: Kind, document: dict[str, Any]) -> Iterator[FieldError]:
+    document = {key: value for key, value in document.items() if key != "status"}  # apply ignores status
+    for error in sorted(_validator(kind.kind).iter_errors(document), key=lambda e: _dotted(list(e.absolute_path))):
+        path = list(error.absolute_path)
+        if error.validator == "required":
+            missing = re.match(r"^'([^']+)'", error.message)
+            path.append(missing.group(1) if missing else "?")
+            yield FieldError(_dotted(path), "required field is missing")
+        elif error.validator == "pattern" and error.schema.get("x-kubernetes-int-or-string"):
+            yield FieldError(_dotted(path), f"{error.instance!r} is not a quantity (e.g. 2, 500m, 1Gi)")
+        else:
+            yield FieldError(_dotted(path), error.message)
+
+
+def _dotted(path: list[Any]) -> str:
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
+
+
+# -- Shipyard's own rules -------------------------------------------------------------------------
+def _shipyard_errors(spec: dict[str, Any]) -> list[FieldError]:
+    errors = []
+    if "canary" in spec:
+        errors.append(FieldError("spec.canary", "the Standard-mode canary list is not supported; set "
+                                 "spec.predictor.canaryTrafficPercent (Knative canary semantics) instead"))
+    predictor = spec.get("predictor")
+    if not isinstance(predictor, dict):
+        return errors  # the schema already said it is missing or not a mapping
+    errors += _predictor_form_errors(predictor)
+    errors += _range_errors(predictor)
+    return errors
+
+
+def _predictor_form_errors(predictor: dict[str, Any]) -> list[FieldError]:
+    """Exactly one of ``model`` or a framework field, with a format and storageUri Shipyard can serve."""
+    if predictor.get("containers"):
+        return [FieldError("spec.predictor.containers", "custom containers are not supported locally; use a "
+                           "Shipyard package: modelFormat custom + storageUri pointing at it")]
+    errors = [FieldError(f"spec.predictor.{name}", f"{name} models are not supported; Shipyard serves "
+                         f"{', '.join(MODEL_FORMATS)} (custom: a Shipyard package)")
+              for name in UNSUPPORTED_FRAMEWORKS if name in predictor]
+    forms = [name for name in ("model", *FRAMEWORK_FIELDS) if name in predictor]
+    if len(forms) > 1:
+        errors.append(FieldError("spec.predictor", f"set exactly one of model or a framework field; found "
+                                 f"{', '.join(forms)}"))
+    if not forms and not errors:
+        errors.append(FieldError("spec.predictor", "no model: set spec.predictor.model (modelFormat.name and "
+                                 "storageUri) or a framework field such as spec.predictor.sklearn.storageUri"))
+    if "storageUris" in predictor:
+        errors.append(FieldError("spec.predictor.storageUris", "not supported; set storageUri on "
+                                 "spec.predictor.model"))
+    for form in forms:
+        container = predictor[form]
+        if not isinstance(container, dict):
+            continue
+        path = f"spec.predictor.{form}"
+        model_format = form
+        if form == "model":
+            name = (container.get("modelFormat") or {}).get("name")
+            if isinstance(name, str):
+                model_format = name.lower()
+                if model_format not in MODEL_FORMATS:
+                    errors.append(FieldError(f"{path}.modelFormat.name", f"'{name}' is not supported; Shipyard "
+                                             f"serves {', '.join(MODEL_FORMATS)}"))
+            elif "modelFormat" not in container:
+                errors.append(FieldError(f"{path}.modelFormat", f"required field is missing; set modelFormat.name "
+                                         f"to one of {', '.join(MODEL_FORMATS)}"))
+        if "storage" in container:
+            errors.append(FieldError(f"{path}.storage", "storage specs (secret keys) are not supported; set "
+                                     "storageUri (s3:// credentials come from the usual AWS environment)"))
+        uri = container.get("storageUri")
+        if uri is None:
+            errors.append(FieldError(f"{path}.storageUri", "required field is missing; set a local path, file://, "
+                                     "http(s):// or s3:// URI (or a Shipyard package folder)"))
+        elif isinstance(uri, str):
+            errors += _storage_uri_errors(f"{path}.storageUri", uri, model_format)
+        protocol = container.get("protocolVersion")
+        if isinstance(protocol, str) and protocol not in PROTOCOLS:
+            errors.append(FieldError(f"{path}.protocolVersion", f"'{protocol}' is not supported; use one of "
+                                     f"{', '.join(PROTOCOLS)}"))
+    return errors
+
+
+def _storage_uri_errors(path: str, uri: str, model_format: str) -> list[FieldError]:
+    scheme = _SCHEME.match(uri)
+    if scheme and scheme.group(1).lower() not in URI_SCHEMES:
+        return [FieldError(path, f"scheme '{scheme.group(1)}://' is not supported; use a local path, file://, "
+                           "http://, https:// or s3://")]
+    if scheme and scheme.group(1).lower() != "file":
+        return []
+    local = Path(uri[len("file://"):] if scheme else uri)
+    if not local.is_absolute():
+        return [FieldError(path, f"'{uri}' is a relative path: the control plane cannot tell what it is relative "
+                           "to; use an absolute path (shipyard apply -f FILE resolves relative paths against "
+                           "FILE's folder)")]
+    if not local.exists():
+        return [FieldError(path, f"{local} does not exist")]
+    if model_format == "custom" and not (local.is_dir() and any((local / marker).is_file()
+                                                                  for marker in ("shipyard.yaml", "model.py"))):
+        return [FieldError(path, f"{local} is not a Shipyard package: modelFormat custom needs a folder with "
+                           "shipyard.yaml (or model.py)")]
+    return []
+
+
+def _range_errors(predictor: dict[str, Any]) -> list[FieldError]:
+    """Bounds the upstream schema leaves to KServe's webhook."""
+    errors = []
+
+    def at_least(value: Any, low: int, path: str) -> None:
+        if isinstance(value, int) and not isinstance(value, bool) and value < low:
+            errors.append(FieldError(path, f"{value} is less than the minimum of {low}"))
+
+    percent = predictor.get("canaryTrafficPercent")
+    at_least(percent, 0, "spec.predictor.canaryTrafficPercent")
+    if isinstance(percent, int) and percent > 100:
+        errors.append(FieldError("spec.predictor.canaryTrafficPercent", f"{percent} is greater than the maximum "
+                                 "of 100"))
+    at_least(predictor.get("minReplicas"), 0, "spec.predictor.minReplicas")
+    at_least(predictor.get("maxReplicas"), 0, "spec.predictor.maxReplicas")
+    low, high = predictor.get("minReplicas"), predictor.get("maxReplicas")
+    if isinstance(low, int) and isinstance(high, int) and 0 < high < low:
+        errors.append(FieldError("spec.predictor.maxReplicas", f"{high} is less than minReplicas ({low})"))
+    at_least(predictor.get("containerConcurrency"), 0, "spec.predictor.containerConcurrency")
+    at_least(predictor.get("timeout"), 1, "spec.predictor.timeout")
+    batcher = predictor.get("batcher")
+    if isinstance(batcher, dict):
+        at_least(batcher.get("maxBatchSize"), 1, "spec.predictor.batcher.maxBatchSize")
+        at_least(batcher.get("maxLatency"), 0, "spec.predictor.batcher.maxLatency")
+        at_least(batcher.get("timeout"), 1, "spec.predictor.batcher.timeout")
+    return errors
+
+
+# -- warnings -------------------------------------------------------------------------------------
+def _warnings(document: dict[str, Any]) -> list[FieldError]:
+    """Fields accepted but not acted on, by path; unknown annotations of other tools get none."""
+    spec = document.get("spec") or {}
+    warnings = []
+    for path, why in LATER.items():
+        head, _, leaf = path.rpartition(".")
+        holder = spec.get(head) if head else spec
+        if isinstance(holder, dict) and leaf in holder:
+            warnings.append(FieldError(f"spec.{path}", f"accepted but not honoured yet: {why}"))
+    predictor = spec.get("predictor") or {}
+    if predictor.get("minReplicas") == 0:
+        warnings.append(FieldError("spec.predictor.minReplicas", "0 (scale to zero) is not honoured yet: it arrives "
+                                   "with issue 9; one replica runs"))
+    replicas = max(predictor.get("minReplicas") or 1, 1)
+    if isinstance(predictor.get("maxReplicas"), int) and predictor["maxReplicas"] > replicas:
+        warnings.append(FieldError("spec.predictor.maxReplicas", f"autoscaling is not honoured yet (issue 9); "
+                                   f"{replicas} (minReplicas) {'replicas run' if replicas > 1 else 'replica runs'}"))
+    for key in predictor:
+        if key not in HONOURED_PREDICTOR and f"predictor.{key}" not in LATER and key not in UNSUPPORTED_FRAMEWORKS:
+            warnings.append(FieldError(f"spec.predictor.{key}", "not honoured by the local engine (replicas are "
+                                       "processes on this machine)"))
+    for form in ("model", *FRAMEWORK_FIELDS):
+        container = predictor.get(form)
+        if not isinstance(container, dict):
+            continue
+        runtime = container.get("runtime")
+        if runtime not in (None, "shipyard"):
+            warnings.append(FieldError(f"spec.predictor.{form}.runtime", f"'{runtime}' is not used: Shipyard serves "
+                                       "the model with its own runtime for the format"))
+        for key in container:
+            if key == "resources":
+                warnings.append(FieldError(f"spec.predictor.{form}.resources", "not enforced locally (replicas are "
+                                           "processes on this machine)"))
+            elif key not in HONOURED_CONTAINER:
+                warnings.append(FieldError(f"spec.predictor.{form}.{key}", "not honoured by the local engine"))
+    annotations = (document.get("metadata") or {}).get("annotations") or {}
+    for key in annotations:
+        if key.startswith(SHIPYARD_ANNOTATIONS) and key not in ANNOTATIONS:
+            hint = _did_you_mean(key, list(ANNOTATIONS)) or f"; Shipyard reads {', '.join(ANNOTATIONS)}"
+            warnings.append(FieldError(f"metadata.annotations[{key}]", f"unknown Shipyard annotation{hint}"))
+    return warnings
+
+
+def _unique(errors: list[FieldError]) -> list[FieldError]:
+    return list(dict.fromkeys(errors))
+
+
+# -- paths relative to a file ----------------------------------------------------------------------
+def resolve_storage_paths(document: Any, base: Path) -> Any:
+    """Make relative local ``storageUri`` paths of a predictor absolute against ``base`` (a YAML file's folder).
+
+    The control plane runs elsewhere, so only the client knows what a relative path meant. Returns
+    the document (changed in place); anything that is not a relative local path is left alone.
+    """
+    spec = document.get("spec") if isinstance(document, dict) else None
+    predictor = spec.get("predictor") if isinstance(spec, dict) else None
+    if not isinstance(predictor, dict):
+        return document
+    for form in ("model", *FRAMEWORK_FIELDS):
+        container = predictor.get(form)
+        uri = container.get("storageUri") if isinstance(container, dict) else None
+        if not isinstance(uri, str) or not uri or _SCHEME.match(uri) or Path(uri).is_absolute():
+            continue
+        container["storageUri"] = str((base / Path(uri).expanduser()).resolve())
+    return document
