@@ -172,6 +172,13 @@ def test_blue_green_deploys_dark_with_a_shadow_then_promotes(plane, tmp_path, ar
     tested = httpx.post(url, json=PREDICT, headers={"x-shipyard-revision": "latest"})
     assert tested.status_code == 200 and tested.headers["x-shipyard-revision"] == V2
 
+    def compared() -> dict | None:  # live requests were mirrored to green and its answers compared
+        shadow = plane.describe("iris")["status"].get("shadow") or {}
+        return shadow if shadow.get("mirrored", 0) >= 10 else None
+
+    shadow = wait_for(compared, 10, "the shadow report in the status")
+    assert shadow["revision"] == V2 and shadow["matched"] == shadow["mirrored"] and shadow["mismatched"] == 0
+
     load = Load(url, PREDICT)
     assert plane.rollout("iris", "promote").status_code == 200
     wait_for(lambda: _traffic(plane) == {V2: 100} and _replica_revisions(plane) == {V2}, 60, "the promotion")

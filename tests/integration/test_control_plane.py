@@ -54,7 +54,7 @@ def _replica(described: dict) -> dict:
 
 def test_applied_isvc_serves_a_second_plane_refuses_and_a_clean_stop_stops_replicas(planes, model_dir, tmp_path):
     plane = planes()
-    result = plane.apply(isvc("sklearn-iris", model_dir, model={"protocolVersion": "v2"}))
+    result = plane.apply(isvc("sklearn-iris", model_dir, model={"protocolVersion": "v2"}, timeout=30))
     assert result["results"][0]["action"] == "created"
     described = plane.wait_ready("sklearn-iris")
 
@@ -77,7 +77,7 @@ def test_applied_isvc_serves_a_second_plane_refuses_and_a_clean_stop_stops_repli
     assert v1.json() == {"predictions": [1]}
 
     table = described["routes"]
-    assert table["protocol"] == "v2" and table["backends"][0]["replicas"] == [
+    assert (table["protocol"], table["timeout_s"]) == ("v2", 30.0) and table["backends"][0]["replicas"] == [
         {"http": replica["http_url"], "grpc": replica["grpc_address"]}]
 
     second = subprocess.run([*UP, "--api-port", "0", "--http-port", "0", "--grpc-port", "0"],
@@ -157,9 +157,9 @@ def test_min_replicas_scale_up_and_down_within_one_revision(planes, model_dir):
     assert len(replica_pids(str(model_dir))) == 2
 
     plane.apply(isvc("iris", model_dir, minReplicas=1))
-    wait_for(lambda: len(replica_pids(str(model_dir))) == 1, 30, "the second replica to stop")
+    wait_for(lambda: [r["index"] for r in plane.describe("iris")["replicas"]] == [0], 30, "the second replica to stop")
     described = plane.describe("iris")
-    assert [r["index"] for r in described["replicas"]] == [0]
+    assert len(replica_pids(str(model_dir))) == 1
     assert [r["name"] for r in described["revisions"]] == ["iris-predictor-00001"]  # scaling is not a new revision
     assert len(described["routes"]["backends"][0]["replicas"]) == 1
     assert httpx.post(f"{plane.gateway}/v1/models/iris:predict", json={"instances": [ROW]}).status_code == 200

@@ -34,7 +34,7 @@ from urllib.parse import urlparse
 from shipyard.home import shipyard_home
 from shipyard.package.config import CONFIG_FILE
 from shipyard.package.source import model_source as package_model_source
-from shipyard.package.weights import FSSPEC_EXTRAS, _chunks, file_name
+from shipyard.package.weights import FSSPEC_EXTRAS, chunks, file_name
 from shipyard.runtimes.registry import FormatError, normalise_format
 
 #: Legacy predictor fields (``spec.predictor.sklearn``...) Shipyard serves.
@@ -231,7 +231,7 @@ def _fetch_into(uri: str, folder: Path, where: str) -> None:
         else:
             target = partial / file_name(uri)
             with open(target, "wb") as out:
-                for chunk in _chunks(uri):
+                for chunk in chunks(uri):
                     out.write(chunk)
             if _is_archive(target.name):
                 _unpack(target, partial, where)

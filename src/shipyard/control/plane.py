@@ -134,7 +134,7 @@ class Plane:
             self.gateway = gateway = Gateway(store.routes, options.host, options.http_port, options.grpc_port)
             self.controller = controller = InferenceServiceController(
                 store, self.engine, self.home / "logs", in_flight=gateway.in_flight, references=gateway.references,
-                stats=gateway.stats, gateway_url=lambda: gateway.http_url,
+                stats=gateway.stats, shadow_report=gateway.shadow_report, gateway_url=lambda: gateway.http_url,
             )
             api = ControlApi(store, rollout, self.home / "logs", on_change=controller.wake.set)
             self.api_server = api_server = HttpServer(api, options.host, options.api_port, 16 * 1024 * 1024)

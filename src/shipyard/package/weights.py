@@ -36,7 +36,7 @@ def file_name(uri: str) -> str:
     return name or "weights"
 
 
-def _chunks(uri: str) -> Iterator[bytes]:
+def chunks(uri: str) -> Iterator[bytes]:
     scheme = urlparse(uri).scheme
     if scheme in ("http", "https"):
         import httpx
@@ -82,7 +82,7 @@ def fetch(weight: Weight, where: str) -> Path:
     log.info("fetching %s", weight.uri)
     try:
         with open(partial, "wb") as out:
-            for chunk in _chunks(weight.uri):
+            for chunk in chunks(weight.uri):
                 out.write(chunk)
                 digest.update(chunk)
                 size += len(chunk)

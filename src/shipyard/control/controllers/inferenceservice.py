@@ -11,7 +11,8 @@ service it:
    the replicas of revisions that lost their traffic once the gateway no longer routes to them
    and has no request in flight for them;
 4. rolls a canary back when it breaks its ``serving.shipyard.io/rollback-*`` thresholds;
-5. writes ``status`` (status.py) and events.
+5. writes ``status`` (status.py; plus ``status.shadow``, the gateway's comparison of shadow and live
+   answers) and events.
 
 Deleting a service withdraws its routes, drains, stops its replicas and then forgets it.
 """
@@ -49,6 +50,8 @@ ROUTE_PICKUP_S = 0.5
 #: A revision whose requests have not finished this long after it lost its traffic is stopped anyway.
 DRAIN_TIMEOUT_S = 30.0
 DOMAIN = "example.com"
+#: Keys of the gateway's shadow report that the status leaves out (known already, or changing every instant).
+SHADOW_REPORT_SKIPPED = ("namespace", "isvc", "pending")
 
 
 class RevisionStats(Protocol):
@@ -83,7 +86,8 @@ class InferenceServiceController:
     """Reconciles every stored InferenceService toward running replicas, routes and status.
 
     The gateway's side comes in as callables: ``in_flight(revision)`` and ``references(revision)``
-    (may a revision stop?), ``stats(revision, window_s)`` (automatic rollback), ``gateway_url()``.
+    (may a revision stop?), ``stats(revision, window_s)`` (automatic rollback), ``shadow_report(namespace,
+    isvc)`` (shown as ``status.shadow``) and ``gateway_url()``.
     """
 
     def __init__(
@@ -94,6 +98,7 @@ class InferenceServiceController:
         in_flight: Callable[[str], int] = lambda revision: 0,
         references: Callable[[str], bool] | None = None,
         stats: Callable[[str, float], RevisionStats] | None = None,
+        shadow_report: Callable[[str, str], dict[str, Any] | None] | None = None,
         gateway_url: Callable[[], str | None] = lambda: None,
         domain: str = DOMAIN,
     ) -> None:
@@ -101,6 +106,7 @@ class InferenceServiceController:
         self.in_flight = in_flight
         self.references = references
         self.stats = stats
+        self.shadow_report = shadow_report
         self.gateway_url = gateway_url
         self.domain = domain
         self.wake = asyncio.Event()
@@ -171,6 +177,9 @@ class InferenceServiceController:
         status = service_status(resource.status or {}, seen,
                                 lambda revision: self.replicas.why_not_ready(namespace, name, revision),
                                 self.gateway_url(), self.domain)
+        report = self.shadow_report(namespace, name) if self.shadow_report is not None else None
+        if report:
+            status["shadow"] = {key: value for key, value in report.items() if key not in SHADOW_REPORT_SKIPPED}
         if canonical_json(status) != canonical_json(resource.status or {}):
             self.store.set_status(KIND, namespace, name, status)
 
@@ -228,11 +237,10 @@ class InferenceServiceController:
 
     def route_table(self, namespace: str, isvc: str, targets: list[traffic.Target], plan: Plan) -> dict[str, Any]:
         """The table the gateway routes by (see the control-plane contract); ``protocol`` and ``timeout_s``
-        are the latest revision's, and each backend carries its own revision's timeout too."""
+        (``spec.predictor.timeout``) are the latest revision's."""
         protocol, timeout_s = gateway_settings(plan.latest.spec)
         backends = [{"revision": t.revision, "percent": t.percent, "tags": [t.tag] if t.tag else [],
-                     "replicas": self.replicas.endpoints(namespace, isvc, t.revision),
-                     "timeout_s": gateway_settings(plan.revisions[t.revision].spec)[1]} for t in targets]
+                     "replicas": self.replicas.endpoints(namespace, isvc, t.revision)} for t in targets]
         shadow = None
         if plan.shadow and plan.shadow_percent > 0 and plan.shadow in plan.ready and not any(
                 t.revision == plan.shadow and t.percent == 100 for t in targets):
