@@ -51,5 +51,5 @@ clean:
 
 # Regenerate the committed gRPC modules after editing src/shipyard/protocol/proto/inference.proto.
 grpc-stubs: $(STAMP)
-	$(BIN)/python -m grpc_tools.protoc -I src --python_out=src --grpc_python_out=src --pyi_out=src \
+	$(BIN)/python -m grpc_tools.protoc -I src --python_out=src --pyi_out=src \
 		src/shipyard/protocol/proto/inference.proto

@@ -5,8 +5,6 @@ which revision and replica answered (output ``revision``/``replica`` when the re
 parameter ``who``), sleep on request (``sleep``), and, for the shadow revision, answer
 differently above a threshold. The gateway runs on a uvloop event loop in a thread of this
 process, as it runs inside ``shipyard up``; route tables are plain dicts the tests change.
-
-This module imports shipyard.protocol.proto (through the gateway), so never tritonclient.grpc.
 """
 
 from __future__ import annotations
@@ -33,7 +31,7 @@ from shipyard.control.gateway import Gateway, routing
 from shipyard.protocol.binary import tensor_from_bytes, tensor_to_bytes
 from shipyard.protocol.grpc_codec import set_parameters
 from shipyard.protocol.proto import inference_pb2 as pb
-from shipyard.protocol.proto import inference_pb2_grpc as pb_grpc
+from shipyard.protocol.proto.service import Stub
 
 pytestmark = pytest.mark.integration
 
@@ -169,9 +167,9 @@ def http(gateway) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture
-def stub(gateway) -> Iterator[pb_grpc.GRPCInferenceServiceStub]:
+def stub(gateway) -> Iterator[Stub]:
     with grpc.insecure_channel(gateway.gateway.grpc_address) as channel:
-        yield pb_grpc.GRPCInferenceServiceStub(channel)
+        yield Stub(channel)
 
 
 def v2_body(values: list[float], who: bool = True, **parameters: Any) -> dict[str, Any]:

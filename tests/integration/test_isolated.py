@@ -6,8 +6,6 @@ runs in its own environment, built with uv from PyPI once per test session (SHIP
 session-scoped temporary folder). ``local`` needs only numpy, which the server has: it runs in
 the server's process. A second server checks the environment cache is reused and that a package
 whose requirements cannot be installed fails alone.
-
-This module imports tritonclient.grpc, so it must not import ``shipyard.protocol.proto``.
 """
 
 from __future__ import annotations

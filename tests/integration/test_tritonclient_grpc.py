@@ -1,8 +1,8 @@
 """NVIDIA's tritonclient.grpc (and its generated protobuf stubs) against a real `shipyard serve`.
 
-This module imports tritonclient.grpc, which registers the ``inference`` protobuf package: it must
-never import ``shipyard.protocol.proto`` or ``shipyard.protocol.grpc_codec`` (duplicate symbols).
-Raw protocol checks use tritonclient's own ``service_pb2`` messages and stub.
+Raw protocol checks use tritonclient's own ``service_pb2`` messages and stub. Shipyard's messages
+live in the protobuf package ``shipyard.inference``, so both load in one process (see
+``test_both_protobuf_packages_load_in_one_process``).
 
 One server for the module serves:
 - ``iris``: the session's scikit-learn LogisticRegression (input-0 FP64 [-1, 4]);
@@ -496,3 +496,15 @@ def test_raw_bf16_is_widened_to_fp32(stub):
     answer = raw_call(stub, request)
     assert answer.outputs[0].datatype == "FP32"
     assert np.frombuffer(answer.raw_output_contents[0], "<f4").tolist() == [1.0, 3.140625, -2.5]
+
+
+def test_both_protobuf_packages_load_in_one_process(server, client):
+    """tritonclient's ``inference`` messages and Shipyard's ``shipyard.inference`` ones coexist, and
+    Shipyard's own stub reaches the server under Triton's service name."""
+    from shipyard.protocol.proto import inference_pb2 as pb
+    from shipyard.protocol.proto.service import Stub
+
+    assert pb.DESCRIPTOR.package == "shipyard.inference" and service_pb2.DESCRIPTOR.package == "inference"
+    assert client.is_server_live()
+    with grpc.insecure_channel(server.grpc_address) as channel:
+        assert Stub(channel).ServerLive(pb.ServerLiveRequest()).live

@@ -211,12 +211,12 @@ def _over_grpc(address: str | None, model: str, examples: Sequence[Example]) -> 
     import grpc
 
     from shipyard.protocol.proto import inference_pb2 as pb
-    from shipyard.protocol.proto import inference_pb2_grpc as pb_grpc
+    from shipyard.protocol.proto.service import Stub
 
     if address is None:
         raise PackageError("the test server did not say where gRPC listens")
     with grpc.insecure_channel(address) as channel:
-        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        stub = Stub(channel)
 
         def call(method: Callable[..., Any], request: Any) -> Any:
             try:

@@ -10,7 +10,7 @@ import grpc
 from shipyard.protocol.errors import InferenceError, NotFound, NotReady
 from shipyard.protocol.grpc_codec import decode_grpc_request, encode_grpc_response, parameters_dict
 from shipyard.protocol.proto import inference_pb2 as pb
-from shipyard.protocol.proto import inference_pb2_grpc as pb_grpc
+from shipyard.protocol.proto.service import add_servicer
 from shipyard.server.dataplane import DataPlane
 
 log = logging.getLogger("shipyard.server")
@@ -27,7 +27,7 @@ STATUS_CODES = {
 }
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+class InferenceServicer:
     """Each RPC calls the same DataPlane as REST; errors keep REST's messages."""
 
     def __init__(self, dataplane: DataPlane) -> None:
@@ -119,7 +119,7 @@ async def start_grpc_server(dataplane: DataPlane, host: str, port: int, max_mess
         ("grpc.max_send_message_length", -1),
         ("grpc.so_reuseport", 1 if reuse_port else 0),
     ])
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(dataplane), server)
+    add_servicer(InferenceServicer(dataplane), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot listen for gRPC on {host}:{port} (in use?)")
