@@ -56,7 +56,9 @@ def test_kserve_sklearn_example_serves_through_the_cli(tmp_path, iris):
         plane_file = tmp_path / "home" / "plane.json"
         deadline = time.monotonic() + 60
         while not plane_file.exists():
-            assert plane.poll() is None and time.monotonic() < deadline, "shipyard up did not start"
+            if plane.poll() is not None or time.monotonic() > deadline:
+                output = plane.stdout.read().decode() if plane.poll() is not None else "(still running)"
+                raise AssertionError(f"shipyard up did not start:\n{output}")
             time.sleep(0.1)
         gateway = json.loads(plane_file.read_text())["gateway_url"]
 

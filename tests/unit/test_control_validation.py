@@ -162,7 +162,8 @@ def test_vendored_schema_is_the_crd_schema():
     ({"apiVersion": None}, "apiVersion", "required; e.g. serving.kserve.io/v1beta1"),
     ({"apiVersion": "serving.kserve.io/v1alpha1"}, "apiVersion",
      "'serving.kserve.io/v1alpha1' is not served for InferenceService; use serving.kserve.io/v1beta1"),
-    ({"kind": None}, "kind", "required; expected one of: InferenceService"),
+    ({"kind": None}, "kind", "required; expected one of: InferenceService, TrainJob, TrainingRuntime, "
+                             "ClusterTrainingRuntime"),
     ({"kind": "isvc"}, "kind", "'isvc' is not a kind name; write 'InferenceService'"),
 ])
 def test_kind_and_api_version_errors(model_dir, change, path, message):
@@ -179,7 +180,8 @@ def test_unknown_kind_names_the_known_ones(model_dir):
     document = local(KSERVE_SKLEARN, model_dir)
     document["kind"] = "Deployment"
     assert errors_of(document) == {"kind": "unknown kind 'Deployment'; Shipyard knows: InferenceService "
-                                           "(inferenceservice/isvc)"}
+                                           "(inferenceservice/isvc), TrainJob (trainjob/tj), TrainingRuntime "
+                                           "(trainingruntime), ClusterTrainingRuntime (clustertrainingruntime)"}
 
 
 @pytest.mark.parametrize("name", ["Sklearn-Iris", "1-iris", "iris-", "iris_model", "a" * 64, ""])

@@ -9,9 +9,13 @@
     DELETE /apis/{kind}/{namespace}/{name}                 202: the controller stops replicas, then removes it
     GET    /apis/{kind}/{namespace}/{name}/logs            text: the last 200 lines of each live replica
     POST   /apis/{kind}/{namespace}/{name}/logs            {"revision", "tail", "cursor", "wait_s"} -> {"text", "cursor"}
+                                                           (a TrainJob: {"step": "node-0", ...} instead of revision)
     POST   /apis/inferenceservices/{namespace}/{name}/rollout   {"action": "promote|rollback|pin", "revision"}
 
-``{kind}`` takes any of the kind's names (``inferenceservices``, ``isvc``...). Every error is
+``{kind}`` takes any of the kind's names (``inferenceservices``, ``isvc``, ``trainjobs``, ``tj``...); a
+cluster-scoped kind (ClusterTrainingRuntime) ignores ``{namespace}`` (write ``-``), and its listing
+includes Shipyard's built-in runtimes. A TrainJob's ``runtimeRef`` must name a runtime that exists
+(or is applied with it); the runtime is copied into the job's ``status.resolvedRuntime`` at submit. Every error is
 ``{"error": message}``; an apply with invalid documents answers 400 with ``errors`` (document
 index, field path, message) and applies none of them.
 """
@@ -28,7 +32,16 @@ from typing import Any
 
 from shipyard import __version__
 from shipyard.control import logs
-from shipyard.control.resources import INFERENCE_SERVICE, Kind, Resource, UnknownKind, kind_of
+from shipyard.control import train_validation
+from shipyard.control.resources import (
+    CLUSTER_TRAINING_RUNTIME,
+    INFERENCE_SERVICE,
+    TRAIN_JOB,
+    Kind,
+    Resource,
+    UnknownKind,
+    kind_of,
+)
 from shipyard.control.store import Store
 from shipyard.control.validation import ValidatedResource, ValidationError, validate
 from shipyard.home import shipyard_home
@@ -96,11 +109,11 @@ class ControlApi:
             case ["apis", kind]:
                 return {"GET": self.list}, (_kind(kind), None)
             case ["apis", kind, namespace]:
-                return {"GET": self.list}, (_kind(kind), namespace)
+                return {"GET": self.list}, (_kind(kind), _scope(_kind(kind), namespace))
             case ["apis", kind, namespace, name]:
-                return {"GET": self.get, "DELETE": self.delete}, (_kind(kind), namespace, name)
+                return {"GET": self.get, "DELETE": self.delete}, (_kind(kind), _scope(_kind(kind), namespace), name)
             case ["apis", kind, namespace, name, "describe"]:
-                return {"GET": self.describe}, (_kind(kind), namespace, name)
+                return {"GET": self.describe}, (_kind(kind), _scope(_kind(kind), namespace), name)
             case ["apis", kind, namespace, name, "logs"]:
                 return {"GET": self.logs_text, "POST": self.logs}, (_kind(kind), namespace, name)
             case ["apis", kind, namespace, name, "rollout"]:
@@ -123,6 +136,9 @@ class ControlApi:
                                   "cannot be applied; nothing was applied", "errors": errors},
                                  409 if conflict else 400)
         dry_run = bool(body.get("dry_run", False))
+        for item in validated:  # snapshot the runtime into a new job's status (KEP-2599)
+            if item.resource.kind == TRAIN_JOB.kind and self.store.get(*item.resource.key) is None:
+                item.resource.status = {"resolvedRuntime": self._runtime_for(item.resource, validated)}
         try:
             with self.store.transaction() as db:
                 actions = [self.store.apply(item.resource, db)[1] for item in validated]
@@ -161,18 +177,54 @@ class ControlApi:
                                "deleted; wait until it is gone (shipyard delete --wait), then apply it again"})
             seen.setdefault(key, index)
             validated.append(item)
+        applied = {item.resource.key for item in validated}
+        for index, document in enumerate(documents):
+            if not (isinstance(document, dict) and document.get("kind") == TRAIN_JOB.kind):
+                continue
+            problem = train_validation.runtime_ref_error(document, lambda kind, namespace, name: (
+                (kind, namespace, name) in applied or self._stored_runtime(kind, namespace, name) is not None))
+            if problem is not None:
+                errors.append({"document": index, "path": problem[0], "message": problem[1]})
         return validated, errors, conflict
+
+    def _stored_runtime(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """A runtime document: stored, else (ClusterTrainingRuntime) built in."""
+        from shipyard.control.controllers.trainjob import runtime_document
+
+        return runtime_document(self.store, {"kind": kind, "name": name}, namespace)
+
+    def _runtime_for(self, job: Resource, validated: list[ValidatedResource]) -> dict[str, Any] | None:
+        """The runtime a new job resolves against: one applied with it, else a stored or built-in one."""
+        ref = job.spec.get("runtimeRef") or {}
+        kind = ref.get("kind") or CLUSTER_TRAINING_RUNTIME.kind
+        namespace = job.namespace if kind != CLUSTER_TRAINING_RUNTIME.kind else ""
+        for item in validated:
+            if item.resource.key == (kind, namespace, ref.get("name")):
+                return item.resource.to_dict()
+        return self._stored_runtime(kind, namespace, str(ref.get("name")))
 
     # -- read -----------------------------------------------------------------------------------
     async def list(self, request: Request, kind: Kind, namespace: str | None) -> Response:
-        return json_response({"items": [resource.to_dict() for resource in self.store.list(kind.kind, namespace)]})
+        items = [resource.to_dict() for resource in self.store.list(kind.kind, namespace)]
+        if kind is CLUSTER_TRAINING_RUNTIME:
+            stored = {item["metadata"]["name"] for item in items}
+            items += [doc for doc in _builtin_runtimes() if doc["metadata"]["name"] not in stored]
+            items.sort(key=lambda item: item["metadata"]["name"])
+        return json_response({"items": items})
 
     async def get(self, request: Request, kind: Kind, namespace: str, name: str) -> Response:
+        if kind is CLUSTER_TRAINING_RUNTIME and self.store.get(kind.kind, "", name) is None:
+            builtin = next((doc for doc in _builtin_runtimes() if doc["metadata"]["name"] == name), None)
+            if builtin is not None:
+                return json_response(builtin)
         return json_response(self._resource(kind, namespace, name).to_dict())
 
     async def describe(self, request: Request, kind: Kind, namespace: str, name: str) -> Response:
         resource = self._resource(kind, namespace, name)
         described = resource.to_dict()
+        if kind is not INFERENCE_SERVICE:
+            described["events"] = [asdict(event) for event in self.store.events(kind.kind, namespace, name)]
+            return json_response(described)
         described["revisions"] = [asdict(revision) for revision in self.store.revisions(namespace, name)]
         described["replicas"] = [asdict(replica) for replica in self.store.replicas(namespace, name)]
         described["routes"] = self.store.routes().get((namespace, name))
@@ -223,10 +275,11 @@ class ControlApi:
     async def logs(self, request: Request, kind: Kind, namespace: str, name: str) -> Response:
         """Without a cursor: the last ``tail`` lines. With one: the lines since, waiting up to ``wait_s`` for some."""
         body = _json_body(request)
-        revision, cursor = body.get("revision"), body.get("cursor")
+        revision, cursor = body.get("step", body.get("revision")) if kind is TRAIN_JOB else body.get("revision"), body.get("cursor")
         tail, wait_s = body.get("tail", DEFAULT_TAIL), body.get("wait_s", 0)
         if revision is not None and not isinstance(revision, str):
-            raise ApiError(400, '"revision" must be a revision name, "latest" or "prev"')
+            raise ApiError(400, '"step" must be a step name such as node-0' if kind is TRAIN_JOB else
+                           '"revision" must be a revision name, "latest" or "prev"')
         if isinstance(tail, bool) or not isinstance(tail, int) or tail < 0:
             raise ApiError(400, f'"tail" must be a number of lines (0 or more), got {tail!r}')
         if isinstance(wait_s, bool) or not isinstance(wait_s, (int, float)) or not 0 <= wait_s <= MAX_WAIT_S:
@@ -246,8 +299,12 @@ class ControlApi:
         return json_response({"text": chunk.text, "cursor": chunk.cursor})
 
     def _log_files(self, kind: Kind, namespace: str, name: str, revision: str | None) -> list[logs.LogFile]:
-        """A revision's logs (a name, ``latest`` or ``prev``); by default those of revisions with replicas now."""
+        """A revision's logs (a name, ``latest`` or ``prev``); by default those of revisions with replicas now.
+
+        For a TrainJob, ``revision`` is a step (``node-0``, ``dataset-initializer``...); by default every step."""
         resource = self.store.get(kind.kind, namespace, name)
+        if kind is not INFERENCE_SERVICE:
+            return self._step_logs(kind, resource, namespace, name, revision)
         replicas = self.store.replicas(namespace, name)
         recorded = {Path(replica.log_path): replica.revision for replica in replicas if replica.log_path}
         files = logs.files_in(self.logs_dir / namespace / name, recorded)
@@ -269,6 +326,36 @@ class ControlApi:
             raise ApiError(404, f"{kind.kind.lower()} '{name}' not found in namespace '{namespace}'")
         live = {replica.revision for replica in replicas}
         return [file for file in files if file.revision in live] or files
+
+
+    def _step_logs(self, kind: Kind, resource: Resource | None, namespace: str, name: str,
+                   step: str | None) -> list[logs.LogFile]:
+        """A TrainJob's step logs (``<step>.log``); ``step`` None: all of them."""
+        files = [logs.LogFile(path.stem, path.stem, path) for path in
+                 sorted((self.logs_dir / namespace / name).glob("*.log"))]
+        if resource is None and not files:
+            raise ApiError(404, f"{kind.kind.lower()} '{name}' not found in namespace '{namespace}'")
+        if step is None:
+            return files
+        chosen = [file for file in files if file.label == step]
+        finished = resource is None or ((resource.status or {}).get("shipyard") or {}).get("state") in (
+            "Complete", "Failed")
+        if not chosen and finished:
+            known = ", ".join(file.label for file in files) or "none yet"
+            raise ApiError(404, f"no logs of step '{step}' of '{name}'; steps with logs: {known}")
+        # a step that has not started yet has no file: follow it anyway (it appears once it starts)
+        return chosen or [logs.LogFile(step, step, self.logs_dir / namespace / name / f"{step}.log")]
+
+
+def _scope(kind: Kind, namespace: str) -> str:
+    """The namespace a resource of ``kind`` is stored under: "" for a cluster-scoped kind."""
+    return namespace if kind.namespaced else ""
+
+
+def _builtin_runtimes() -> list[dict[str, Any]]:
+    from shipyard.control.controllers.trainjob import builtin_runtimes
+
+    return builtin_runtimes()
 
 
 def _kind(name: str) -> Kind:

@@ -1,4 +1,4 @@
-"""``shipyard up``: the control plane process (API, gateway, InferenceService controller, local engine).
+"""``shipyard up``: the control plane process (API, gateway, InferenceService and TrainJob controllers, local engine).
 
 Everything runs on one asyncio loop. State lives in ``$SHIPYARD_HOME/state.db``; other commands
 find a running plane through ``$SHIPYARD_HOME/plane.json`` (written atomically once everything
@@ -29,6 +29,7 @@ from shipyard.home import shipyard_home
 
 if TYPE_CHECKING:  # the plane's parts are imported when it starts, so reading plane.json stays cheap
     from shipyard.control.controllers.inferenceservice import InferenceServiceController
+    from shipyard.control.controllers.trainjob import TrainJobController
     from shipyard.control.engines.local import LocalEngine
     from shipyard.control.gateway import Gateway
     from shipyard.control.store import Store
@@ -113,6 +114,8 @@ class Plane:
         self.store: Store | None = None
         self.engine: LocalEngine | None = None
         self.controller: InferenceServiceController | None = None
+        self.trainjobs: TrainJobController | None = None
+        self._train_task: asyncio.Task[None] | None = None
         self.gateway: Gateway | None = None
         self.api_server: HttpServer | None = None
 
@@ -121,6 +124,7 @@ class Plane:
         from shipyard.control.api import ControlApi
         from shipyard.control.controllers.inferenceservice import InferenceServiceController
         from shipyard.control.controllers.rollout import rollout
+        from shipyard.control.controllers.trainjob import TrainJobController
         from shipyard.control.engines.local import LocalEngine
         from shipyard.control.gateway import Gateway
         from shipyard.control.store import Store
@@ -136,17 +140,25 @@ class Plane:
                 store, self.engine, self.home / "logs", in_flight=gateway.in_flight, references=gateway.references,
                 stats=gateway.stats, shadow_report=gateway.shadow_report, gateway_url=lambda: gateway.http_url,
             )
-            api = ControlApi(store, rollout, self.home / "logs", on_change=controller.wake.set)
+            self.trainjobs = trainjobs = TrainJobController(store, self.home)
+
+            def changed() -> None:
+                controller.wake.set()
+                trainjobs.wake.set()
+
+            api = ControlApi(store, rollout, self.home / "logs", on_change=changed)
             self.api_server = api_server = HttpServer(api, options.host, options.api_port, 16 * 1024 * 1024)
             await _listen(api_server.start(), f"the API on {options.host}:{options.api_port}", "--api-port")
             await _listen(gateway.start(), f"the gateway on {options.host}:{options.http_port} (REST) / "
                           f"{options.grpc_port} (gRPC)", "--http-port / --grpc-port")
             await controller.recover()
+            await trainjobs.recover()
             await controller.reconcile_all()
         except BaseException:
             await self._close()
             raise
         self._loop_task = asyncio.ensure_future(controller.run(self._stop))
+        self._train_task = asyncio.ensure_future(trainjobs.run(self._stop))
         self.info = {
             "pid": os.getpid(),
             "version": __version__,
@@ -168,6 +180,10 @@ class Plane:
         self._stop.set()
         if self._loop_task is not None:
             await self._loop_task
+        if self._train_task is not None:
+            await self._train_task
+        if self.trainjobs is not None:  # running jobs stop gracefully and stay queued for the next plane
+            await self.trainjobs.shutdown()
         if self.gateway is not None:
             await self.gateway.stop(10.0)
             self.gateway = None

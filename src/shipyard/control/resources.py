@@ -21,12 +21,20 @@ class Kind:
     plural: str
     short: tuple[str, ...]
     api_versions: tuple[str, ...]
+    #: Cluster-scoped kinds are stored with namespace "" (as Kubernetes keeps them outside namespaces).
+    namespaced: bool = True
 
 
 INFERENCE_SERVICE = Kind(
     "InferenceService", "inferenceservices", ("inferenceservice", "isvc"), ("serving.kserve.io/v1beta1",)
 )
-KINDS: dict[str, Kind] = {INFERENCE_SERVICE.kind: INFERENCE_SERVICE}
+TRAINER_API = "trainer.kubeflow.org/v1alpha1"
+TRAIN_JOB = Kind("TrainJob", "trainjobs", ("trainjob", "tj"), (TRAINER_API,))
+TRAINING_RUNTIME = Kind("TrainingRuntime", "trainingruntimes", ("trainingruntime",), (TRAINER_API,))
+CLUSTER_TRAINING_RUNTIME = Kind("ClusterTrainingRuntime", "clustertrainingruntimes", ("clustertrainingruntime",),
+                                (TRAINER_API,), namespaced=False)
+KINDS: dict[str, Kind] = {kind.kind: kind for kind in
+                          (INFERENCE_SERVICE, TRAIN_JOB, TRAINING_RUNTIME, CLUSTER_TRAINING_RUNTIME)}
 
 
 class UnknownKind(ValueError):
@@ -86,11 +94,12 @@ class Resource:
     def from_document(cls, document: dict[str, Any]) -> "Resource":
         """A resource from a validated document (a new uid; the store keeps an existing one)."""
         metadata = document.get("metadata") or {}
+        namespaced = KINDS[document["kind"]].namespaced if document["kind"] in KINDS else True
         return cls(
             api_version=document["apiVersion"],
             kind=document["kind"],
             name=metadata["name"],
-            namespace=metadata.get("namespace") or DEFAULT_NAMESPACE,
+            namespace=(metadata.get("namespace") or DEFAULT_NAMESPACE) if namespaced else "",
             spec=document.get("spec") or {},
             labels=dict(metadata.get("labels") or {}),
             annotations=dict(metadata.get("annotations") or {}),

@@ -187,6 +187,8 @@ class Store:
         """Forget a resource and everything recorded for it."""
         with self.transaction() as db:
             db.execute("DELETE FROM resources WHERE kind=? AND namespace=? AND name=?", (kind, namespace, name))
+            if kind != "InferenceService":  # the other tables hold an InferenceService's records only
+                return
             db.execute("DELETE FROM revisions WHERE namespace=? AND isvc=?", (namespace, name))
             db.execute("DELETE FROM replicas WHERE namespace=? AND isvc=?", (namespace, name))
             db.execute("DELETE FROM routes WHERE namespace=? AND isvc=?", (namespace, name))

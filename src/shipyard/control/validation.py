@@ -23,10 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shipyard.control.resources import KINDS, Kind, Resource, UnknownKind, kind_of
+from shipyard.control import train_validation
+from shipyard.control.resources import INFERENCE_SERVICE, KINDS, Kind, Resource, UnknownKind, kind_of
 
 SCHEMA_DIR = Path(__file__).with_name("schemas")
-SCHEMA_FILES = {"InferenceService": "inferenceservice.v1beta1.json.gz"}
+SCHEMA_FILES = {
+    "InferenceService": "inferenceservice.v1beta1.json.gz",
+    "TrainJob": "trainjob.v1alpha1.json.gz",
+    "TrainingRuntime": "trainingruntime.v1alpha1.json.gz",
+    "ClusterTrainingRuntime": "clustertrainingruntime.v1alpha1.json.gz",
+}
 
 #: KServe's InferenceService name rule (a DNS-1035 label: starts with a letter).
 ISVC_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
@@ -115,6 +121,14 @@ def validate(document: Any) -> ValidatedResource:
     schema_errors = [error for error in _schema_errors(kind, document) if error.path not in named]
     errors += schema_errors
     spec = document.get("spec")
+    if kind is not INFERENCE_SERVICE:  # the trainer kinds have their own rules
+        flagged = {error.path for error in schema_errors}
+        errors += [FieldError(path, message) for path, message in train_validation.errors(kind.kind, document)
+                   if path not in flagged]
+        if errors:
+            raise ValidationError(_unique(errors))
+        warnings = [FieldError(path, message) for path, message in train_validation.warnings(kind.kind, document)]
+        return ValidatedResource(Resource.from_document(document), warnings)
     if spec is None:
         errors.append(FieldError("spec", "required field is missing (an InferenceService needs spec.predictor)"))
     elif isinstance(spec, dict):
@@ -164,7 +178,7 @@ def _metadata_errors(metadata: Any) -> list[FieldError]:
     elif not isinstance(name, str) or not ISVC_NAME.match(name) or len(name) > MAX_NAME:
         errors.append(FieldError("metadata.name", f"{name!r} is not a valid name: use at most {MAX_NAME} lower case "
                                  "letters, digits or '-', starting with a letter and ending with a letter or digit "
-                                 "(e.g. 'sklearn-iris'), as KServe requires"))
+                                 "(e.g. 'sklearn-iris'), as KServe and Kubeflow Trainer require"))
     namespace = metadata.get("namespace")
     if namespace is not None and (not isinstance(namespace, str) or not NAMESPACE.match(namespace)
                                   or len(namespace) > MAX_NAME):
@@ -481,10 +495,11 @@ def resolve_storage_paths(document: Any, base: Path) -> Any:
     """
     spec = document.get("spec") if isinstance(document, dict) else None
     predictor = spec.get("predictor") if isinstance(spec, dict) else None
-    if not isinstance(predictor, dict):
-        return document
-    for form in ("model", *FRAMEWORK_FIELDS):
-        container = predictor.get(form)
+    initializer = spec.get("initializer") if isinstance(spec, dict) else None
+    containers = [predictor.get(form) for form in ("model", *FRAMEWORK_FIELDS)] if isinstance(predictor, dict) else []
+    if isinstance(initializer, dict):  # a TrainJob's dataset and model initializers
+        containers += [initializer.get("dataset"), initializer.get("model")]
+    for container in containers:
         uri = container.get("storageUri") if isinstance(container, dict) else None
         if not isinstance(uri, str) or not uri or _SCHEME.match(uri) or Path(uri).is_absolute():
             continue

@@ -56,7 +56,9 @@ def chunks(uri: str) -> Iterator[bytes]:
     except ImportError:  # pragma: no cover - fsspec ships with the huggingface extra
         raise PackageError(f"fetching {uri} needs fsspec: pip install fsspec") from None
     try:
-        opened = fsspec.open(uri, "rb")
+        # A fresh filesystem each time: fsspec caches instances by their arguments, and a cached
+        # one would keep the endpoint and credentials the environment had when it was made.
+        opened = fsspec.open(uri, "rb", skip_instance_cache=True)
     except (ImportError, ValueError) as exc:
         extra = FSSPEC_EXTRAS.get(scheme)
         hint = f"; pip install {extra}" if extra else ""
