@@ -20,7 +20,8 @@ from shipyard.control.resources import DEFAULT_NAMESPACE, DocumentError, Unknown
 if TYPE_CHECKING:  # the client (httpx, jsonschema) loads when a command runs, not with every shipyard command
     from shipyard.control.client import ControlClient
 
-KIND_HELP = "Resource kind: inferenceservice (or isvc, inferenceservices)."
+KIND_HELP = ("Resource kind: inferenceservice (isvc), trainjob (tj), trainingruntime or clustertrainingruntime "
+             "(plural names work too).")
 NAMESPACE_OPTION = typer.Option(DEFAULT_NAMESPACE, "--namespace", "-n", help="Namespace.")
 
 
@@ -141,7 +142,40 @@ def get(
         where = "any namespace" if all_namespaces else f"namespace '{namespace}'"
         typer.echo(f"No resources found in {where}.", err=True)
         return
-    typer.echo(isvc_table(items, wide=output == "wide", namespaces=all_namespaces))
+    kind_name = kind_of(kind).kind
+    if kind_name == "TrainJob":
+        typer.echo(trainjob_table(items, namespaces=all_namespaces))
+    elif kind_name in ("TrainingRuntime", "ClusterTrainingRuntime"):
+        typer.echo(runtime_table(items, namespaces=all_namespaces and kind_name == "TrainingRuntime"))
+    else:
+        typer.echo(isvc_table(items, wide=output == "wide", namespaces=all_namespaces))
+
+
+def trainjob_table(items: list[dict[str, Any]], namespaces: bool = False) -> str:
+    """``get trainjob``'s columns: NAME STATE RUNTIME NODES AGE."""
+    headers = (["NAMESPACE"] if namespaces else []) + ["NAME", "STATE", "RUNTIME", "NODES", "AGE"]
+    rows = []
+    for item in items:
+        spec, own = item.get("spec") or {}, (item.get("status") or {}).get("shipyard") or {}
+        state = "Deleting" if item["metadata"].get("deletionTimestamp") else own.get("state", "Created")
+        nodes = (own.get("resolved") or {}).get("num_nodes") or (spec.get("trainer") or {}).get("numNodes") or ""
+        row = [item["metadata"]["name"], state, str((spec.get("runtimeRef") or {}).get("name", "")), str(nodes),
+               age(item["metadata"])]
+        rows.append(([item["metadata"]["namespace"]] if namespaces else []) + row)
+    return table(headers, rows)
+
+
+def runtime_table(items: list[dict[str, Any]], namespaces: bool = False) -> str:
+    """``get clustertrainingruntime``'s columns: NAME FRAMEWORK NODES AGE (built-ins have no age)."""
+    headers = (["NAMESPACE"] if namespaces else []) + ["NAME", "FRAMEWORK", "NODES", "AGE"]
+    rows = []
+    for item in items:
+        metadata = item["metadata"]
+        policy = (item.get("spec") or {}).get("mlPolicy") or {}
+        framework = (metadata.get("labels") or {}).get("trainer.kubeflow.org/framework", "")
+        row = [metadata["name"], framework, str(policy.get("numNodes", "")), age(metadata) or "built-in"]
+        rows.append(([metadata.get("namespace", "")] if namespaces else []) + row)
+    return table(headers, rows)
 
 
 def isvc_table(items: list[dict[str, Any]], wide: bool = False, namespaces: bool = False) -> str:
@@ -182,7 +216,67 @@ def describe(
     """
     with api_errors():
         described = connect().describe(kind_of(kind).kind, name, namespace)
-    typer.echo(describe_text(described))
+    if described["kind"] == "TrainJob":
+        typer.echo(describe_trainjob(described))
+    elif described["kind"] != "InferenceService":
+        typer.echo(yaml.safe_dump({k: v for k, v in described.items() if k != "events"}, sort_keys=False).rstrip())
+        typer.echo(_events_text(described.get("events") or []))
+    else:
+        typer.echo(describe_text(described))
+
+
+def describe_trainjob(described: dict[str, Any]) -> str:
+    """``kubectl describe trainjob``-like text: state, progress, metrics, steps, conditions and events."""
+    metadata, status = described["metadata"], described.get("status") or {}
+    spec, own = described.get("spec") or {}, status.get("shipyard") or {}
+    trainer = status.get("trainerStatus") or {}
+    resolved = own.get("resolved") or {}
+    progress = trainer.get("progressPercentage")
+    eta = trainer.get("estimatedRemainingSeconds")
+    lines = [
+        f"Name:         {metadata['name']}",
+        f"Namespace:    {metadata['namespace']}",
+        f"Labels:       {_pairs(metadata.get('labels'))}",
+        f"Annotations:  {_pairs(metadata.get('annotations'))}",
+        f"API Version:  {described['apiVersion']}",
+        f"Kind:         {described['kind']}",
+        f"Created:      {metadata.get('creationTimestamp', '')} ({age(metadata)} ago)",
+        f"Runtime:      {(spec.get('runtimeRef') or {}).get('name', '')} ({resolved.get('framework') or '-'})",
+        f"State:        {own.get('state', 'Created')}" + (f" ({own.get('reason')}: {own.get('message')})"
+                                                          if own.get("reason") and own.get("message") else ""),
+        f"Nodes:        {resolved.get('num_nodes', '-')} x {resolved.get('nproc_per_node', '-')} process(es)",
+        f"Attempt:      {own.get('attempt', 0)} (restarts: {own.get('restarts', 0)} of "
+        f"{resolved.get('max_restarts', 0)})",
+        f"Workspace:    {resolved.get('workdir') or '-'}",
+        "Progress:     " + (f"{progress}%" if progress is not None else "-")
+        + (f", about {eta}s left" if eta is not None else "")
+        + (f" (updated {trainer['lastUpdatedTime']})" if trainer.get("lastUpdatedTime") else ""),
+    ]
+    metrics = trainer.get("metrics") or []
+    lines.append("Metrics:" + ("" if metrics else "      <none>"))
+    if metrics:
+        lines.append(_indented(table(["NAME", "VALUE"], [[m.get("name", ""), m.get("value", "")] for m in metrics]), 2))
+    steps = status.get("jobsStatus") or []
+    lines.append("Steps:" + ("" if steps else "        <none>"))
+    if steps:
+        lines.append(_indented(table(["STEP", "ACTIVE", "SUCCEEDED", "FAILED", "EXIT CODE"], [
+            [s["name"], str(s.get("active", 0)), str(s.get("succeeded", 0)), str(s.get("failed", 0)),
+             _text((own.get("exitCodes") or {}).get(s["name"]))] for s in steps]), 2))
+    conditions = status.get("conditions") or []
+    lines.append("Conditions:" + ("" if conditions else "   <none>"))
+    if conditions:
+        lines.append(_indented(table(["TYPE", "STATUS", "REASON", "MESSAGE", "LAST TRANSITION"], [
+            [c.get("type", ""), c.get("status", ""), c.get("reason", ""), c.get("message", ""),
+             c.get("lastTransitionTime", "")] for c in conditions]), 2))
+    lines.append(_events_text(described.get("events") or []))
+    return "\n".join(lines)
+
+
+def _events_text(events: list[dict[str, Any]]) -> str:
+    if not events:
+        return "Events:       <none>"
+    return "Events:\n" + _indented(table(["TYPE", "REASON", "AGE", "MESSAGE"], [
+        [e["type"], e["reason"], _since(e["time"]), e["message"]] for e in events]), 2)
 
 
 def describe_text(described: dict[str, Any]) -> str:
@@ -253,24 +347,39 @@ def delete(
         kind_info = kind_of(kind)
         connect().delete(kind_info.kind, name, namespace, wait=wait, timeout=timeout)
     what = f'{resource_name(kind_info.kind, kind_info.api_versions[0])} "{name}"'
-    typer.echo(f"{what} deleted" if wait else f"{what} deleting (replicas stop in the background)")
+    workers = "replicas" if kind_info.kind == "InferenceService" else "processes"
+    typer.echo(f"{what} deleted" if wait else f"{what} deleting ({workers} stop in the background)")
 
 
 def logs(
     kind: str = typer.Argument(..., help=KIND_HELP, show_default=False),
-    name: str = typer.Argument(..., help="The InferenceService's name.", show_default=False),
+    name: str = typer.Argument(..., help="The InferenceService's or TrainJob's name.", show_default=False),
     namespace: str = NAMESPACE_OPTION,
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines (Ctrl+C stops)."),
-    revision: Optional[str] = typer.Option(None, "--revision", help="A revision's name, latest or prev "
-                                           "(default: the revisions running now).", show_default=False),
-    tail: int = typer.Option(200, "--tail", min=0, help="Lines to show from the end of each replica's log."),
+    revision: Optional[str] = typer.Option(None, "--revision", help="InferenceService: a revision's name, latest "
+                                           "or prev (default: the revisions running now).", show_default=False),
+    step: Optional[str] = typer.Option(None, "--step", help="TrainJob: one step, e.g. node-0, node-1, "
+                                       "dataset-initializer, model-initializer (default: every step).",
+                                       show_default=False),
+    tail: int = typer.Option(200, "--tail", min=0, help="Lines to show from the end of each log."),
 ) -> None:
-    """Print an InferenceService's replica logs (-f to follow).
+    """Print an InferenceService's replica logs or a TrainJob's step logs (-f to follow).
 
-    Each line is prefixed with its replica when there are several.
+    Each line is prefixed with its replica or step when there are several.
+
+    [b]Examples[/b]
+
+      shipyard logs isvc sklearn-iris -f
+      shipyard logs trainjob mnist --step node-0 -f
     """
     with api_errors():
         kind_info = kind_of(kind)
+        if kind_info.kind == "TrainJob":
+            if revision is not None:
+                raise ValueError("--revision is for InferenceServices; a TrainJob's logs are chosen with --step")
+            revision = step
+        elif step is not None:
+            raise ValueError(f"--step is for TrainJobs; {kind_info.kind} logs are chosen with --revision")
         client = connect()
         if not follow:
             typer.echo(client.logs(name, namespace, revision, tail, kind_info.kind), nl=False)
