@@ -228,9 +228,9 @@ def test_rest_split_20_80_over_1000_requests(gateway, routes, http, replicas):
     assert abs(seen[TWO] / 1000 - 0.20) <= 0.03, seen
     assert seen[TWO] + seen[ONE] == 1000
     assert abs(seen["one-a"] - seen["one-b"]) <= 2, seen  # replicas of a revision take turns
-    stats = gateway.run(gateway.gateway.stats, TWO, 60)
+    stats = gateway.run(gateway.gateway.stats, f"default/{TWO}", 60)
     assert stats.requests == seen[TWO] and stats.errors == 0 and stats.p99_ms is not None
-    assert gateway.run(gateway.gateway.in_flight, TWO) == 0
+    assert gateway.run(gateway.gateway.in_flight, f"default/{TWO}") == 0
 
 
 def test_grpc_split_20_80_over_1000_requests(gateway, routes, stub, replicas):
@@ -338,7 +338,7 @@ def test_gateway_health_list_and_error_answers(gateway, routes, http, stub, repl
     with pytest.raises(grpc.RpcError) as raised:
         stub.ModelInfer(pb.ModelInferRequest(model_name="iris", raw_input_contents=[b"1"]))
     assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "raw_input_contents" in raised.value.details()
-    assert gateway.run(gateway.gateway.stats, ONE, 60).errors == 0
+    assert gateway.run(gateway.gateway.stats, f"default/{ONE}", 60).errors == 0
 
 
 def test_route_timeout_answers_504(gateway, routes, http, replicas):
@@ -346,7 +346,7 @@ def test_route_timeout_answers_504(gateway, routes, http, replicas):
     gateway.wait_version("default", "iris", routes.version)
     answer = http.post("/v2/models/iris/infer", json=v2_body([1.0], sleep=0.8))
     assert answer.status_code == 504 and "within 0.3s" in answer.json()["error"]
-    stats = gateway.run(gateway.gateway.stats, TWO, 60)
+    stats = gateway.run(gateway.gateway.stats, f"default/{TWO}", 60)
     assert stats.requests == 1 and stats.errors == 1
     time.sleep(0.6)  # let the replica finish that predict before the next test uses it
 
@@ -392,15 +392,15 @@ def test_in_flight_request_finishes_on_its_revision_after_a_swap(gateway, routes
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(http.post, "/v2/models/iris/infer", json=v2_body([1.0], sleep=1.0))
         deadline = time.monotonic() + 5
-        while gateway.run(gateway.gateway.in_flight, ONE) != 1 and time.monotonic() < deadline:
+        while gateway.run(gateway.gateway.in_flight, f"default/{ONE}") != 1 and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert gateway.run(gateway.gateway.in_flight, ONE) == 1
+        assert gateway.run(gateway.gateway.in_flight, f"default/{ONE}") == 1
         gateway.wait_version("default", "iris", routes.set([backend(TWO, 100, ["latest"], replicas["two"])]))
-        assert gateway.run(gateway.gateway.references, ONE) is False  # no route points at it...
-        assert gateway.run(gateway.gateway.in_flight, ONE) == 1  # ...but it is still draining
+        assert gateway.run(gateway.gateway.references, f"default/{ONE}") is False  # no route points at it...
+        assert gateway.run(gateway.gateway.in_flight, f"default/{ONE}") == 1  # ...but it is still draining
         assert outputs(http.post("/v2/models/iris/infer", json=v2_body([1.0])))["revision"] == [TWO]
         assert outputs(slow.result(10))["revision"] == [ONE]
-    assert gateway.run(gateway.gateway.in_flight, ONE) == 0
+    assert gateway.run(gateway.gateway.in_flight, f"default/{ONE}") == 0
 
 
 def test_killed_replica_requests_retry_on_a_sibling(gateway, routes, http, stub, replicas, tmp_path, monkeypatch):
@@ -423,7 +423,7 @@ def test_killed_replica_requests_retry_on_a_sibling(gateway, routes, http, stub,
             assert grpc_outputs(stub.ModelInfer(grpc_request([1.0])))["replica"][0] == b"one-a"
     finally:
         doomed.stop()
-    assert gateway.run(gateway.gateway.stats, ONE, 60).errors == 0
+    assert gateway.run(gateway.gateway.stats, f"default/{ONE}", 60).errors == 0
 
 
 def test_every_replica_gone_answers_502(gateway, routes, http, stub):
@@ -437,7 +437,7 @@ def test_every_replica_gone_answers_502(gateway, routes, http, stub):
     with pytest.raises(grpc.RpcError) as raised:
         stub.ModelInfer(grpc_request([1.0]))
     assert raised.value.code() == grpc.StatusCode.UNAVAILABLE and "could not be reached" in raised.value.details()
-    assert gateway.run(gateway.gateway.stats, ONE, 60).errors == 2
+    assert gateway.run(gateway.gateway.stats, f"default/{ONE}", 60).errors == 2
 
 
 # -- shadow -------------------------------------------------------------------------------------------
@@ -460,7 +460,7 @@ def test_shadow_copies_are_compared_and_never_returned(gateway, routes, http, st
     assert report["live_ms"]["p50"] > 0 and report["shadow_ms"]["p99"] > 0
     last = report["last_mismatches"][-1]
     assert "outputs.y.data[0]" in last["difference"] and "900.0" in last["difference"]
-    assert gateway.run(gateway.gateway.stats, SHADOW, 60).requests == 43
+    assert gateway.run(gateway.gateway.stats, f"default/{SHADOW}", 60).requests == 43
 
     # a shadow that cannot be reached: counted, and the live answers do not notice
     dead = {"revision": SHADOW, "percent": 50, "replicas": [{"http": f"http://127.0.0.1:{free_port()}"}]}

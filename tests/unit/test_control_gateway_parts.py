@@ -64,7 +64,7 @@ def test_a_table_parses_with_defaults():
                                     "shadow": {"revision": "s", "replicas": [replica(9100)]}})
     assert parsed.timeout_s == 300.0 and parsed.version == 0 and parsed.shadow.percent == 100
     assert parsed.backends[0].pool.replicas == (Replica("http://127.0.0.1:9000", "127.0.0.1:9001"),)
-    assert parsed.revisions() == {"a", "s"}
+    assert parsed.revisions() == {"default/a", "default/s"}
     assert parsed.describe() == "a (100%, latest)"
 
 
@@ -152,9 +152,9 @@ def test_router_swaps_tables_and_keeps_state_of_unchanged_ones():
     router.update({KEY: table(backend("a", 20), backend("b", 80))})  # same version: same object
     assert router.tables[KEY] is kept and ("team", "other") not in router.tables
     router.update({KEY: table(backend("b", 100), version=2)})
-    assert router.tables[KEY].version == 2 and not router.references("a") and router.references("b")
+    assert router.tables[KEY].version == 2 and not router.references("default/a") and router.references("default/b")
     router.update({KEY: table(backend("c", 100), version=2)})  # changed content under the same version
-    assert router.references("c") and not router.references("b")
+    assert router.references("default/c") and not router.references("default/b")
 
 
 def test_router_keeps_the_last_good_table_when_a_new_one_is_bad():

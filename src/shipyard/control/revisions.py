@@ -28,3 +28,9 @@ def revision_spec(predictor: dict[str, Any]) -> dict[str, Any]:
 def predictor_fingerprint(predictor: dict[str, Any]) -> str:
     """A stable hash of the revision part of a predictor (key order and rollout fields do not count)."""
     return hashlib.sha256(canonical_json(revision_spec(predictor)).encode()).hexdigest()[:16]
+
+
+def revision_key(namespace: str, revision: str) -> str:
+    """A revision's name across namespaces, ``namespace/revision`` (names are unique only within one);
+    the gateway keeps its in-flight counts and answer windows under it."""
+    return f"{namespace}/{revision}"

@@ -38,7 +38,7 @@ from shipyard.control.controllers.status import Observed, service_status
 from shipyard.control.engines.base import Engine
 from shipyard.control.model_source import gateway_settings
 from shipyard.control.resources import INFERENCE_SERVICE, Resource, canonical_json
-from shipyard.control.revisions import predictor_fingerprint, revision_spec
+from shipyard.control.revisions import predictor_fingerprint, revision_key, revision_spec
 from shipyard.control.store import Revision, Store
 
 log = logging.getLogger("shipyard.control")
@@ -85,9 +85,10 @@ class Plan:
 class InferenceServiceController:
     """Reconciles every stored InferenceService toward running replicas, routes and status.
 
-    The gateway's side comes in as callables: ``in_flight(revision)`` and ``references(revision)``
-    (may a revision stop?), ``stats(revision, window_s)`` (automatic rollback), ``shadow_report(namespace,
-    isvc)`` (shown as ``status.shadow``) and ``gateway_url()``.
+    The gateway's side comes in as callables: ``in_flight(key)`` and ``references(key)`` (may a
+    revision stop?), ``stats(key, window_s)`` (automatic rollback), ``shadow_report(namespace,
+    isvc)`` (shown as ``status.shadow``) and ``gateway_url()``; a revision's ``key`` is
+    ``revisions.revision_key(namespace, revision)``.
     """
 
     def __init__(
@@ -257,12 +258,13 @@ class InferenceServiceController:
         waited = now - max(self._published_at.get(key, 0.0), replica.drain_since or now)
         if replica.revision in self._routed.get(key, set()):
             return waited >= ROUTE_PICKUP_S
-        return waited >= DRAIN_TIMEOUT_S or not self._gateway_uses(replica.revision, waited)
+        return waited >= DRAIN_TIMEOUT_S or not self._gateway_uses(revision_key(replica.namespace, replica.revision),
+                                                                    waited)
 
-    def _gateway_uses(self, revision: str, waited: float) -> bool:
-        """Does the gateway still route to, or have requests in flight at, ``revision``?"""
-        routed = self.references(revision) if self.references is not None else waited < ROUTE_PICKUP_S
-        return routed or self.in_flight(revision) > 0
+    def _gateway_uses(self, key: str, waited: float) -> bool:
+        """Does the gateway still route to, or have requests in flight at, the revision ``key``?"""
+        routed = self.references(key) if self.references is not None else waited < ROUTE_PICKUP_S
+        return routed or self.in_flight(key) > 0
 
     # -- automatic rollback ------------------------------------------------------------------------
     def _auto_rollback(self, resource: Resource, targets: list[traffic.Target], rolled_out: str | None) -> None:
@@ -280,7 +282,7 @@ class InferenceServiceController:
             return
         if policy is None:
             return
-        numbers = self.stats(canary.revision, policy.window_s)
+        numbers = self.stats(revision_key(resource.namespace, canary.revision), policy.window_s)
         why = policy.breach(numbers.requests, numbers.errors, numbers.p99_ms)
         stored = self.store.get(KIND, resource.namespace, resource.name)
         if why is None or stored is None or stored.deleting:

@@ -175,13 +175,13 @@ class GrpcProxy:
             if shadow is not None and shadow.revision != backend.revision:
                 live = asyncio.get_running_loop().create_future()
                 self._mirror(table, shadow, method, body, metadata, timeout, live)
-        started = self.observer.begin(backend.revision)  # same tick as the pick: drain sees it
+        started = self.observer.begin(backend.key)  # same tick as the pick: drain sees it
         answer: Answer | None = None
         try:
             await context.send_initial_metadata(((REVISION_HEADER, backend.revision),))
             answer = await self.send(backend, method, body, metadata, timeout)
         finally:
-            self.observer.end(backend.revision, started, answer is not None and not answer.server_error)
+            self.observer.end(backend.key, started, answer is not None and not answer.server_error)
             if live is not None:
                 live.set_result(answer or Answer(0, failure="the live request was cancelled"))
         if answer.status != 0:
@@ -223,13 +223,13 @@ class GrpcProxy:
     def _mirror(self, table: RouteTable, shadow: Backend, method: str, body: bytes,
                 metadata: tuple[tuple[str, str], ...], timeout: float, live: "asyncio.Future[Answer]") -> None:
         async def send_copy() -> Answer:
-            started = self.observer.begin(shadow.revision)
+            started = self.observer.begin(shadow.key)
             answer = None
             try:
                 answer = await self.send(shadow, method, body, metadata, timeout)
                 return answer
             finally:
-                self.observer.end(shadow.revision, started, answer is not None and not answer.server_error)
+                self.observer.end(shadow.key, started, answer is not None and not answer.server_error)
 
         self.mirror.submit(ShadowJob(table.key, shadow.revision, "grpc", f"{SERVICE}/{method}", send_copy, live))
 

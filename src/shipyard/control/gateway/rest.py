@@ -190,14 +190,14 @@ class RestProxy:
             if shadow is not None and shadow.revision != backend.revision:
                 live = asyncio.get_running_loop().create_future()
                 self._mirror(table, shadow, request, headers, live)
-        started = self.observer.begin(backend.revision)  # same tick as the pick: drain sees it
+        started = self.observer.begin(backend.key)  # same tick as the pick: drain sees it
         answer: Answer | None = None
         try:
             target = request.path + (f"?{request.query}" if request.query else "")
             answer = await send(self.client, backend, request.method, target, headers, request.body,
                                 table.timeout_s)
         finally:
-            self.observer.end(backend.revision, started, answer is not None and not answer.server_error)
+            self.observer.end(backend.key, started, answer is not None and not answer.server_error)
             if live is not None:
                 live.set_result(answer or Answer(0, failure="the live request was cancelled"))
         if answer.failure:
@@ -213,12 +213,12 @@ class RestProxy:
         method, path, body, timeout = request.method, request.path, request.body, table.timeout_s
 
         async def send_copy() -> Answer:
-            started = self.observer.begin(shadow.revision)
+            started = self.observer.begin(shadow.key)
             answer = None
             try:
                 answer = await send(self.shadow_client, shadow, method, path, shadow_headers, body, timeout)
                 return answer
             finally:
-                self.observer.end(shadow.revision, started, answer is not None and not answer.server_error)
+                self.observer.end(shadow.key, started, answer is not None and not answer.server_error)
 
         self.mirror.submit(ShadowJob(table.key, shadow.revision, "rest", path, send_copy, live))

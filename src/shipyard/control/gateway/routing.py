@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from shipyard.control.revisions import revision_key
 from shipyard.protocol.errors import NotFound, NotReady
 
 #: Seconds a request may take when the table does not say (Knative's default revision timeout).
@@ -83,6 +84,9 @@ class Backend:
     percent: int
     tags: tuple[str, ...]
     pool: Pool
+    #: ``namespace/revision``: revision names are unique only within a namespace, so the gateway's
+    #: in-flight counts and answer windows are kept under this key.
+    key: str = ""
 
 
 @dataclass
@@ -124,13 +128,14 @@ class RouteTable:
         backends_raw = raw.get("backends", [])
         if not isinstance(backends_raw, list):
             raise RouteTableError(f"{where}: 'backends' must be a list, got {type(backends_raw).__name__}")
-        backends = [_backend(item, f"{where}: backends[{i}]") for i, item in enumerate(backends_raw)]
+        backends = [_backend(item, f"{where}: backends[{i}]", namespace) for i, item in enumerate(backends_raw)]
         revisions = [b.revision for b in backends]
         duplicates = sorted({r for r in revisions if revisions.count(r) > 1})
         if duplicates:
             raise RouteTableError(f"{where}: revision {duplicates[0]!r} appears in more than one backend")
         shadow_raw = raw.get("shadow")
-        shadow = None if shadow_raw is None else _backend(shadow_raw, f"{where}: shadow", default_percent=100)
+        shadow = None if shadow_raw is None else _backend(shadow_raw, f"{where}: shadow", namespace,
+                                                          default_percent=100)
         protocol = raw.get("protocol", "v2")
         if not isinstance(protocol, str):
             raise RouteTableError(f"{where}: 'protocol' must be a string, got {protocol!r}")
@@ -202,10 +207,10 @@ class RouteTable:
                        f"(revisions: {self.describe()}); retry shortly")
 
     def revisions(self) -> set[str]:
-        """Every revision this table can send a request to (backends and shadow)."""
-        names = {b.revision for b in self.backends}
+        """The keys (``namespace/revision``) of every revision this table can send a request to."""
+        names = {b.key for b in self.backends}
         if self.shadow is not None:
-            names.add(self.shadow.revision)
+            names.add(self.shadow.key)
         return names
 
     def describe(self) -> str:
@@ -225,7 +230,7 @@ class RouteTable:
         }
 
 
-def _backend(raw: Any, where: str, default_percent: int | None = None) -> Backend:
+def _backend(raw: Any, where: str, namespace: str, default_percent: int | None = None) -> Backend:
     if not isinstance(raw, Mapping):
         raise RouteTableError(f"{where}: expected an object with 'revision', 'percent' and 'replicas', got {raw!r}")
     revision = raw.get("revision")
@@ -252,7 +257,7 @@ def _backend(raw: Any, where: str, default_percent: int | None = None) -> Backen
         if http is None and grpc is None:
             raise RouteTableError(f"{where}.replicas[{i}]: needs an 'http' URL or a 'grpc' address")
         replicas.append(Replica(http.rstrip("/") if http else None, grpc))
-    return Backend(revision, percent, tuple(tags), Pool(revision, replicas))
+    return Backend(revision, percent, tuple(tags), Pool(revision, replicas), revision_key(namespace, revision))
 
 
 def parse_host(host: str | None) -> tuple[str, str] | None:
@@ -350,6 +355,6 @@ class Router:
         parsed = parse_host(host)
         return parsed[1] if parsed else None
 
-    def references(self, revision: str) -> bool:
-        """Does any current table still route (or mirror) requests to ``revision``?"""
-        return any(revision in table.revisions() for table in self.tables.values())
+    def references(self, key: str) -> bool:
+        """Does any current table still route (or mirror) requests to the revision ``namespace/revision``?"""
+        return any(key in table.revisions() for table in self.tables.values())

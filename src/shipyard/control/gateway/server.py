@@ -139,20 +139,20 @@ class Gateway:
         """The table in use for a service (its ``version`` says which one was loaded)."""
         return self.router.lookup(namespace, isvc)
 
-    # -- what the controller reads ----------------------------------------------------------------
-    def in_flight(self, revision: str) -> int:
-        """Requests (live or mirrored) sent to ``revision`` and not answered yet."""
-        return self.observer.in_flight(revision)
+    # -- what the controller reads: revisions by key, ``namespace/revision`` (routing.revision_key) --
+    def in_flight(self, key: str) -> int:
+        """Requests (live or mirrored) sent to the revision ``key`` and not answered yet."""
+        return self.observer.in_flight(key)
 
-    def references(self, revision: str) -> bool:
-        """Does a loaded table still send (or mirror) requests to ``revision``? A revision may be
+    def references(self, key: str) -> bool:
+        """Does a loaded table still send (or mirror) requests to the revision ``key``? It may be
         stopped once this is False and ``in_flight`` is 0."""
-        return self.router.references(revision)
+        return self.router.references(key)
 
-    def stats(self, revision: str, window_s: float = 30.0) -> RevisionStats:
-        """Requests, errors and latency of ``revision`` over the last ``window_s`` seconds
+    def stats(self, key: str, window_s: float = 30.0) -> RevisionStats:
+        """Requests, errors and latency of the revision ``key`` over the last ``window_s`` seconds
         (mirrored requests included)."""
-        return self.observer.stats(revision, window_s)
+        return self.observer.stats(key, window_s)
 
     def shadow_report(self, namespace: str, isvc: str) -> dict[str, Any] | None:
         """What the service's shadow revision answered compared with live (see ``Mirror.report``)."""
