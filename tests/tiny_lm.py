@@ -26,9 +26,11 @@ def save_tiny_lm(folder: Path) -> Path:
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="<unk>", eos_token="<eos>",
                                         pad_token="<eos>", model_max_length=32)
     torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(vocabulary), n_positions=32, n_embd=16, n_layer=2, n_head=2,
+    config = GPT2Config(vocab_size=len(vocabulary), n_positions=64, n_embd=16, n_layer=2, n_head=2,
                         bos_token_id=1, eos_token_id=1, pad_token_id=1)
-    GPT2LMHeadModel(config).save_pretrained(folder)
+    model = GPT2LMHeadModel(config)
+    model.generation_config.max_new_tokens = 8  # generation stays well inside n_positions
+    model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
 

@@ -20,7 +20,8 @@ import sys
 
 import shipyard.train as st
 
-print(f"quick rank={os.environ.get('RANK', '0')} of {os.environ.get('WORLD_SIZE', '1')} args={sys.argv[1:]}", flush=True)
+rank, size = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+print(f"quick rank={rank} of {size} args={sys.argv[1:]}", flush=True)
 st.report(metrics={"accuracy": 0.9}, progress=100)
 if "--fail" in sys.argv:
     sys.exit(3)

@@ -34,8 +34,8 @@ def test_custom_trainer_script_runs_the_function_with_its_arguments(tmp_path: Pa
 
 
 def test_documents_validate_and_resolve_against_the_builtin_runtime(tmp_path: Path):
-    trainer = CustomTrainer(add, {"a": 1, "b": 2, "out": "x"}, num_nodes=2, resources_per_node={"cpu": 1, "memory": "1Gi"},
-                            packages_to_install=["numpy"], env={"EPOCHS": 3})
+    trainer = CustomTrainer(add, {"a": 1, "b": 2, "out": "x"}, num_nodes=2,
+                            resources_per_node={"cpu": 1, "memory": "1Gi"}, packages_to_install=["numpy"], env={"EPOCHS": 3})
     document = trainjob_document("job-a", "python", trainer, Initializer(dataset=str(tmp_path), model="hf://org/m"),
                                  home=tmp_path)
     validate(document)  # the CRD schema and Shipyard's own checks
@@ -77,10 +77,12 @@ def test_bad_trainers_are_refused_by_name(tmp_path: Path, trainer, message):
 
 
 def test_reserved_env_is_refused_by_the_plane_validation(tmp_path: Path):
-    document = trainjob_document("bad", "torch-distributed", CommandTrainer(["python", "t.py"], env={"PET_NNODES": "4"}))
+    trainer = CommandTrainer(["python", "t.py"], env={"PET_NNODES": "4"})
+    document = trainjob_document("bad", "torch-distributed", trainer)
     with pytest.raises(ValidationError) as raised:
         validate(document)
-    assert "spec.trainer.env" in str(raised.value.errors if hasattr(raised.value, "errors") else raised.value)
+    assert any(error.path.startswith("spec.trainer.env") and "PET_NNODES" in str(error)
+               for error in raised.value.errors), raised.value.errors
 
 
 def test_resource_limits_name_gpus_as_kubernetes_does():
@@ -123,8 +125,8 @@ def test_job_reads_steps_progress_and_metrics():
 
 
 def test_runtimes_show_their_framework():
-    assert {runtime_of(doc).name: runtime_of(doc).trainer.framework for doc in builtin_runtimes()}["torch-distributed"] \
-        == "torch"
+    frameworks = {runtime_of(doc).name: runtime_of(doc).trainer.framework for doc in builtin_runtimes()}
+    assert frameworks["torch-distributed"] == "torch" and frameworks["python"] == "python"
 
 
 def test_finetune_config_refuses_unknown_settings():

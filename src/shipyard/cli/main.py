@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from shipyard import __version__
-from shipyard.cli import build, control, package, predict, resources, rollout, serve, test
+from shipyard.cli import build, control, package, predict, resources, rollout, serve, test, train
 
 app = typer.Typer(
     name="shipyard",
@@ -29,6 +29,7 @@ app.command("describe")(resources.describe)
 app.command("delete")(resources.delete)
 app.command("logs")(resources.logs)
 app.add_typer(rollout.app, name="rollout")
+app.command("train")(train.train)
 
 
 @app.command("version")

@@ -41,13 +41,13 @@ def _next_steps(folder: Path) -> None:
 
 
 def package(
-    object_file: Path = typer.Argument(
-        ..., metavar="OBJECT_FILE", show_default=False,
+    object_file: Optional[Path] = typer.Argument(
+        None, metavar="OBJECT_FILE", show_default=False,
         help="A trained model saved to a file: a pickle or joblib file (scikit-learn, XGBoost, LightGBM, or any "
         "object with predict()), an .onnx model, or a PyTorch .pt / .pt2 file.",
     ),
-    directory: Path = typer.Argument(
-        ..., metavar="DIR", show_default=False, help="Folder to write the package into (new or empty).",
+    directory: Optional[Path] = typer.Argument(
+        None, metavar="DIR", show_default=False, help="Folder to write the package into (new or empty).",
     ),
     sample: Optional[Path] = typer.Option(
         None, "--sample", "-s", show_default=False,
@@ -64,8 +64,14 @@ def package(
     ),
     examples: int = typer.Option(3, "--examples", min=0, help="How many sample rows to write to examples.yaml."),
     force: bool = typer.Option(False, "--force", help="Replace DIR if it is not empty."),
+    from_job: Optional[str] = typer.Option(
+        None, "--from-job", show_default=False,
+        help="Package the model a TrainJob wrote to its output/ folder instead of OBJECT_FILE: "
+        "shipyard package --from-job NAME [DIR] (DIR defaults to NAME).",
+    ),
+    namespace: str = typer.Option("default", "--namespace", help="The TrainJob's namespace (with --from-job)."),
 ) -> None:
-    """Make a model package from a trained object saved to a file.
+    """Make a model package from a trained object saved to a file, or from a TrainJob's output.
 
     The framework is detected and the model saved in the form its runtime serves.
 
@@ -80,7 +86,14 @@ def package(
       shipyard package model.joblib iris --sample rows.csv
 
       shipyard package net.pt2 classifier --name classifier
+
+      shipyard package --from-job tuned-llm tuned
     """
+    if from_job is not None:
+        _package_job(from_job, object_file, directory, namespace, name, force)
+        return
+    if object_file is None or directory is None:
+        fail("give OBJECT_FILE and DIR (or --from-job NAME [DIR])")
     from shipyard.package.from_object import package as make_package
     from shipyard.package.from_object import read_object
     from shipyard.package.probe import check_target
@@ -93,6 +106,21 @@ def package(
             rows = read_sample(sample) if sample is not None else None
         with _stderr.status(f"Packaging the {type(obj).__name__}..."):
             folder = make_package(obj, directory, rows, name=name, examples=examples, overwrite=force, format=format)
+    _summarise(folder)
+    _next_steps(directory)
+
+
+def _package_job(job: str, first: Optional[Path], second: Optional[Path], namespace: str, name: Optional[str],
+                 force: bool) -> None:
+    """``--from-job NAME [DIR]``: with --from-job the one positional argument is DIR."""
+    from shipyard.train.output import package_job
+
+    if second is not None:
+        fail("--from-job takes one folder: shipyard package --from-job NAME [DIR]")
+    directory = first or Path(job)
+    with _reported():
+        with _stderr.status(f"Packaging the output of TrainJob {job}..."):
+            folder = package_job(job, directory, namespace=namespace, name=name, force=force)
     _summarise(folder)
     _next_steps(directory)
 

@@ -9,9 +9,10 @@ sessions of their own) from unrelated ones that got a recorded pid later.
 
 Per framework, for ``N`` nodes of ``M`` processes:
 
-- torch / deepspeed: one ``torchrun`` per node (``python -m torch.distributed.run``) with c10d
-  rendezvous on 127.0.0.1 at a free port; node 0 hosts the store. ``PET_*`` are set as
-  Kubeflow's torch plugin does. Elastic jobs pass ``--nnodes MIN:MAX``.
+- torch / deepspeed: one ``torchrun`` per node (``python -m torch.distributed.run``) with static
+  rendezvous on 127.0.0.1 at a free port and ``--node-rank i``, as Kubeflow's, so step ``node-i``
+  holds the same ranks on every attempt; node 0 hosts the store. ``PET_*`` are set as Kubeflow's
+  torch plugin does. Elastic jobs pass ``--nnodes MIN:MAX`` with c10d rendezvous (ranks in join order).
 - jax: ``N x M`` processes with ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``.
 - xgboost: a tracker process plus ``N x M`` workers with ``DMLC_*``.
 - python: ``N x M`` plain processes.
@@ -160,12 +161,13 @@ class JobRun:
                    "PET_NODE_RANK": str(node), "PET_MASTER_ADDR": LOOPBACK, "PET_MASTER_PORT": str(port)}
             env.setdefault("GLOO_SOCKET_IFNAME", "lo")
             command = [job.python, "-m", "torch.distributed.run", "--nnodes", nnodes,
-                       "--nproc-per-node", str(job.nproc_per_node), "--rdzv-backend", "c10d",
-                       "--rdzv-endpoint", f"{LOOPBACK}:{port}", "--rdzv-id", job.uid,
-                       "--rdzv-conf", f"is_host={'true' if node == 0 else 'false'}",
-                       "--local-addr", LOOPBACK, "--max-restarts", "0"]
-            if not job.elastic:
-                command += ["--node-rank", str(node)]
+                       "--nproc-per-node", str(job.nproc_per_node), "--local-addr", LOOPBACK, "--max-restarts", "0"]
+            if job.elastic:  # c10d: nodes join in any order, so their ranks follow the join order
+                command += ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"{LOOPBACK}:{port}", "--rdzv-id", job.uid,
+                            "--rdzv-conf", f"is_host={'true' if node == 0 else 'false'}"]
+            else:  # static, as Kubeflow's: step node-i holds ranks i*M .. i*M+M-1 on every attempt
+                command += ["--rdzv-backend", "static", "--master-addr", LOOPBACK, "--master-port", str(port),
+                            "--node-rank", str(node)]
             self._spawn(step, 0, command + script, env)
 
     def _ranked(self) -> list[tuple[str, int, int, int]]:

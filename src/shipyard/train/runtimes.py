@@ -321,10 +321,10 @@ def resolve(job_doc: dict[str, Any], runtime_doc: dict[str, Any], home: Path,
     python = sys.executable
     if packages:
         from shipyard.package.config import PackageError
-        from shipyard.package.environment import EnvironmentBuildError, ensure_environment, python_of
+        from shipyard.package.environment import EnvironmentBuildError, ensure_environment
 
         try:
-            python = str(python_of(ensure_environment(packages)))
+            python = str(ensure_environment(packages))
         except PackageError as error:
             raise TrainSpecError(f"metadata.annotations[{PACKAGES_ANNOTATION}]", str(error)) from None
         except EnvironmentBuildError as error:
