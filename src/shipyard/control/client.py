@@ -175,6 +175,16 @@ class ControlClient:
             chunk = self._logs(kind, name, namespace, {"revision": revision, "cursor": chunk["cursor"],
                                                         "wait_s": wait_s})
 
+    def log_chunk(self, kind: str, name: str, namespace: str = DEFAULT_NAMESPACE, *, step: str | None = None,
+                  tail: int | None = None, cursor: str | None = None, wait_s: float = 0.0) -> dict[str, Any]:
+        """One read of a log: ``{"text", "cursor"}``. Without ``cursor``, the last ``tail`` lines;
+        with it, what was written since (waiting up to ``wait_s`` for something new). ``step``
+        names a TrainJob step (``node-0``, ``dataset-initializer``...) or an isvc revision."""
+        body: dict[str, Any] = {"step": step} if cursor is None else {"step": step, "cursor": cursor, "wait_s": wait_s}
+        if cursor is None and tail is not None:
+            body["tail"] = tail
+        return self._logs(kind, name, namespace, body)
+
     def _logs(self, kind: str, name: str, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", f"/apis/{kind_of(kind).plural}/{namespace}/{name}/logs", body)
 

@@ -123,17 +123,15 @@ class TrainerClient:
 
         With ``follow``, lines are yielded as they are written until the job has finished.
         """
-        path = f"/apis/trainjobs/{self.namespace}/{name}/logs"
         if not follow:
-            text = self.control._call("POST", path, {"step": step, "tail": tail}).get("text") or ""
+            text = self.control.log_chunk("TrainJob", name, self.namespace, step=step, tail=tail).get("text") or ""
             yield from text.splitlines()
             return
         cursor, pending, finished = None, "", False
         while True:
-            body: dict[str, Any] = {"step": step, "tail": tail} if cursor is None else \
-                {"step": step, "cursor": cursor, "wait_s": 0 if finished else 2.0}
             try:
-                chunk = self.control._call("POST", path, body)
+                chunk = self.control.log_chunk("TrainJob", name, self.namespace, step=step, tail=tail, cursor=cursor,
+                                               wait_s=0 if finished else 2.0)
             except ControlError as exc:  # the step has not started yet (no log file)
                 if exc.status != 404 or finished:
                     raise
