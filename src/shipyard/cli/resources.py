@@ -227,20 +227,14 @@ def describe(
 
 def describe_trainjob(described: dict[str, Any]) -> str:
     """``kubectl describe trainjob``-like text: state, progress, metrics, steps, conditions and events."""
-    metadata, status = described["metadata"], described.get("status") or {}
+    status = described.get("status") or {}
     spec, own = described.get("spec") or {}, status.get("shipyard") or {}
     trainer = status.get("trainerStatus") or {}
     resolved = own.get("resolved") or {}
     progress = trainer.get("progressPercentage")
     eta = trainer.get("estimatedRemainingSeconds")
     lines = [
-        f"Name:         {metadata['name']}",
-        f"Namespace:    {metadata['namespace']}",
-        f"Labels:       {_pairs(metadata.get('labels'))}",
-        f"Annotations:  {_pairs(metadata.get('annotations'))}",
-        f"API Version:  {described['apiVersion']}",
-        f"Kind:         {described['kind']}",
-        f"Created:      {metadata.get('creationTimestamp', '')} ({age(metadata)} ago)",
+        *_header(described),
         f"Runtime:      {(spec.get('runtimeRef') or {}).get('name', '')} ({resolved.get('framework') or '-'})",
         f"State:        {own.get('state', 'Created')}" + (f" ({own.get('reason')}: {own.get('message')})"
                                                           if own.get("reason") and own.get("message") else ""),
@@ -272,6 +266,20 @@ def describe_trainjob(described: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _header(described: dict[str, Any]) -> list[str]:
+    """The lines every ``describe`` starts with: identity, labels, annotations, kind, age."""
+    metadata = described["metadata"]
+    return [
+        f"Name:         {metadata['name']}",
+        f"Namespace:    {metadata['namespace']}",
+        f"Labels:       {_pairs(metadata.get('labels'))}",
+        f"Annotations:  {_pairs(metadata.get('annotations'))}",
+        f"API Version:  {described['apiVersion']}",
+        f"Kind:         {described['kind']}",
+        f"Created:      {metadata.get('creationTimestamp', '')} ({age(metadata)} ago)",
+    ]
+
+
 def _events_text(events: list[dict[str, Any]]) -> str:
     if not events:
         return "Events:       <none>"
@@ -284,13 +292,7 @@ def describe_text(described: dict[str, Any]) -> str:
     metadata, status = described["metadata"], described.get("status") or {}
     predictor = (status.get("components") or {}).get("predictor") or {}
     lines = [
-        f"Name:         {metadata['name']}",
-        f"Namespace:    {metadata['namespace']}",
-        f"Labels:       {_pairs(metadata.get('labels'))}",
-        f"Annotations:  {_pairs(metadata.get('annotations'))}",
-        f"API Version:  {described['apiVersion']}",
-        f"Kind:         {described['kind']}",
-        f"Created:      {metadata.get('creationTimestamp', '')} ({age(metadata)} ago)",
+        *_header(described),
         f"Generation:   {metadata.get('generation')} (observed: {status.get('observedGeneration', '-')})",
     ]
     if metadata.get("deletionTimestamp"):
