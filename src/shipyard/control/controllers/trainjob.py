@@ -252,7 +252,9 @@ class TrainJobController:
                        message="every training process exited 0", run=None)
             self._event(resource, "Normal", "Completed", "training finished")
         else:
-            self._failed_run(resource, own, "TrainerFailed", getattr(outcome, "reason", "") or "a process failed")
+            # The outcome's message names the step that failed first and how (its reason is only "Error").
+            self._failed_run(resource, own, "TrainerFailed", getattr(outcome, "message", "")
+                             or getattr(outcome, "reason", "") or "a process failed")
 
     def _failed_run(self, resource: Resource, own: dict[str, Any], reason: str, message: str) -> None:
         """A failed attempt: restart with backoff while restarts are left, else the job fails."""
