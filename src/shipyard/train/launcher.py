@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shipyard import processes
 from shipyard.home import shipyard_home
 from shipyard.train.ports import LOOPBACK, free_ports
 from shipyard.train.spec import ResolvedJob, step_names
@@ -77,7 +78,7 @@ class _Process:
         """Ended: reaped or a zombie, or (not our child) no longer our process."""
         if self.popen is not None:
             return self.popen.poll() is not None
-        return _identity(self.pid) != tag
+        return processes.env_tag(self.pid, JOB_ENV) != tag
 
 
 class JobRun:
@@ -205,7 +206,7 @@ class JobRun:
     # -- watching --------------------------------------------------------------------------------
     def pids(self) -> list[int]:
         """Every live process of this run: step wrappers, torchrun agents and their workers."""
-        return [pid for pid in _pids() if _identity(pid) == self.tag]
+        return [pid for pid in processes.pids() if processes.env_tag(pid, JOB_ENV) == self.tag]
 
     def step_exit_codes(self) -> dict[str, int | None]:
         """Per step, the first non-zero exit code of its processes, else 0; None while one runs or if lost."""
@@ -331,7 +332,7 @@ class JobRun:
         alive = finished = 0
         for entry in record.get("processes") or []:
             process = _Process(entry["step"], int(entry["pid"]), Path(entry["exit_file"]))
-            if _identity(process.pid) == run.tag and STEP_MODULE in _cmdline(process.pid):
+            if processes.env_tag(process.pid, JOB_ENV) == run.tag and STEP_MODULE in processes.cmdline(process.pid):
                 alive += 1
             elif process.exit_code() is not None:
                 finished += 1
@@ -365,41 +366,3 @@ def _send(pid: int, signum: int) -> None:
         os.kill(pid, signum)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def _pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()]
-
-
-def _state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[0].decode()
-    except (OSError, IndexError):
-        return None
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return handle.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _identity(pid: int) -> str | None:
-    """The ``SHIPYARD_TRAINJOB`` tag of a live process (None for zombies, strangers, other users' processes)."""
-    if _state(pid) in (None, "Z", "X"):
-        return None
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as handle:
-            variables = handle.read().split(b"\0")
-    except OSError:
-        return None
-    prefix = f"{JOB_ENV}=".encode()
-    for variable in variables:
-        if variable.startswith(prefix):
-            return variable[len(prefix):].decode(errors="replace")
-    return None
-
-

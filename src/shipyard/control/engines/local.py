@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from shipyard import processes
 from shipyard.control.engines.base import EngineError, ReplicaHandle, ReplicaSpec
 from shipyard.home import shipyard_home
 
@@ -105,7 +106,7 @@ class LocalEngine:
         process = self._children.get(handle.pid)
         if process is not None:
             return process.poll() is None
-        return _identity(handle.pid) == self._tag(handle.spec)
+        return processes.env_tag(handle.pid, REPLICA_ENV) == self._tag(handle.spec)
 
     def exit_code(self, handle: ReplicaHandle) -> int | None:
         process = self._children.get(handle.pid)
@@ -113,7 +114,7 @@ class LocalEngine:
 
     async def stop(self, handle: ReplicaHandle, grace_s: float = 10) -> None:
         """SIGTERM the replica's process group (it drains), SIGKILL it after ``grace_s``."""
-        if handle.pid in self._children or _identity(handle.pid) == self._tag(handle.spec):
+        if handle.pid in self._children or processes.env_tag(handle.pid, REPLICA_ENV) == self._tag(handle.spec):
             await self._kill(handle.pid, grace_s)
         self._children.pop(handle.pid, None)
         handle.state = "stopped"
@@ -137,7 +138,7 @@ class LocalEngine:
         process = self._children.get(pid)
         if process is not None:
             return process.poll() is None
-        return _state(pid) not in (None, "Z", "X")
+        return processes.alive(pid)
 
     def _reap(self, pid: int) -> None:
         process = self._children.get(pid)
@@ -152,7 +153,7 @@ class LocalEngine:
         spec = ReplicaSpec(record["namespace"], record["isvc"], record["revision"], int(record["index"]), [],
                            log_path=Path(record.get("log_path") or "replica.log"))
         pid = record.get("pid")
-        if not pid or _identity(pid) != self._tag(spec) or "shipyard serve" not in _cmdline(pid):
+        if not pid or processes.env_tag(pid, REPLICA_ENV) != self._tag(spec) or "shipyard serve" not in processes.cmdline(pid):
             return None
         handle = ReplicaHandle(spec, pid, record.get("http_url"), record.get("grpc_address"))
         if not await self._get_ok(handle.http_url, "/v2/health/live"):
@@ -165,8 +166,8 @@ class LocalEngine:
         recording them, or whose service is gone). Returns their pids."""
         prefix = f"{self.home}#"
         stopped = []
-        for pid in _pids():
-            tag = _identity(pid)
+        for pid in processes.pids():
+            tag = processes.env_tag(pid, REPLICA_ENV)
             if tag and tag.startswith(prefix) and tag[len(prefix):] not in keep and pid != os.getpid():
                 await self._kill(pid, grace_s=5.0)
                 stopped.append(pid)
@@ -189,40 +190,3 @@ def _read_from(path: Path, offset: int) -> str:
 
 def _tail(text: str, lines: int = 20) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
-
-
-def _pids() -> list[int]:
-    return [int(name) for name in os.listdir("/proc") if name.isdigit()] if os.path.isdir("/proc") else []
-
-
-def _state(pid: int) -> str | None:
-    """The process state letter from /proc (R, S, Z...), or None when there is no such process."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[0].decode()
-    except (OSError, IndexError):
-        return None
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            return handle.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def _identity(pid: int) -> str | None:
-    """The ``SHIPYARD_REPLICA`` tag of a live process (None for zombies, strangers and other users' processes)."""
-    if _state(pid) in (None, "Z", "X"):
-        return None
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as handle:
-            variables = handle.read().split(b"\0")
-    except OSError:
-        return None
-    prefix = f"{REPLICA_ENV}=".encode()
-    for variable in variables:
-        if variable.startswith(prefix):
-            return variable[len(prefix):].decode(errors="replace")
-    return None
