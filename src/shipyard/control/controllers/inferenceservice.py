@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
+from shipyard.control.controllers.loop import reconcile_loop
 from shipyard.control.controllers import traffic
 from shipyard.control.controllers.replicas import Replica, Replicas
 from shipyard.control.controllers.rollout import (
@@ -121,16 +122,7 @@ class InferenceServiceController:
     # -- the loop ----------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Reconcile until ``stop`` is set."""
-        while not stop.is_set():
-            try:
-                await self.reconcile_all()
-            except Exception:  # one bad pass must not end the control plane
-                log.exception("reconcile pass failed")
-            self.wake.clear()
-            waits = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stop.wait())]
-            await asyncio.wait(waits, timeout=INTERVAL_S, return_when=asyncio.FIRST_COMPLETED)
-            for waiter in waits:
-                waiter.cancel()
+        await reconcile_loop(self.reconcile_all, self.wake, stop, INTERVAL_S, "inferenceservice")
 
     async def reconcile_all(self) -> None:
         """One pass over every InferenceService."""

@@ -33,6 +33,7 @@ from typing import Any
 
 from shipyard.control import scheduler
 from shipyard.control.controllers.initializers import InitializerError, initialize
+from shipyard.control.controllers.loop import reconcile_loop
 from shipyard.control.controllers.status import condition
 from shipyard.control.resources import CLUSTER_TRAINING_RUNTIME, TRAIN_JOB, TRAINING_RUNTIME, Resource, canonical_json
 from shipyard.control.store import Store
@@ -89,16 +90,7 @@ class TrainJobController:
     # -- the loop ----------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         """Reconcile until ``stop`` is set."""
-        while not stop.is_set():
-            try:
-                await self.reconcile_all()
-            except Exception:  # one bad pass must not end the control plane
-                log.exception("trainjob reconcile pass failed")
-            self.wake.clear()
-            waits = [asyncio.ensure_future(self.wake.wait()), asyncio.ensure_future(stop.wait())]
-            await asyncio.wait(waits, timeout=INTERVAL_S, return_when=asyncio.FIRST_COMPLETED)
-            for waiter in waits:
-                waiter.cancel()
+        await reconcile_loop(self.reconcile_all, self.wake, stop, INTERVAL_S, "trainjob")
 
     async def reconcile_all(self) -> None:
         """One pass: every job one step on, then admission of what fits."""
