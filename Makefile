@@ -45,6 +45,7 @@ BENCH_RUN   := benchmarks/run.py
 bench: $(STAMP)
 	@bash $(BENCH_SETUP) $(BIN)/python
 	$(BIN)/python $(BENCH_RUN)
+	$(BIN)/python benchmarks/train_launch.py --runs 5 --nproc 2
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis demo-output
