@@ -40,9 +40,10 @@ class Demand:
 
 @dataclass
 class Inventory:
-    """What the machine offers: cpu cores, memory bytes, GPU count."""
+    """What the machine offers: cpu cores, memory bytes, GPU count, and the GPUs' ids."""
 
     total: dict[str, float] = field(default_factory=dict)
+    gpu_ids: list[str] = field(default_factory=list)
 
     def fits_machine(self, needs: dict[str, float]) -> bool:
         """Could this ever run, on an idle machine?"""
@@ -62,11 +63,12 @@ def detect_inventory(env: dict[str, str] | None = None) -> Inventory:
     env = dict(os.environ) if env is None else env
     cpus = _number(env, "SHIPYARD_CPUS")
     memory = _number(env, "SHIPYARD_MEMORY")
+    gpu_ids = _gpu_ids(env)
     return Inventory({
         "cpu": cpus if cpus is not None else float(len(os.sched_getaffinity(0))),
         "memory": memory if memory is not None else float(_meminfo_bytes()),
-        "gpu": float(_gpu_count(env)),
-    })
+        "gpu": float(len(gpu_ids)),
+    }, gpu_ids)
 
 
 def _number(env: dict[str, str], name: str) -> float | None:
@@ -92,20 +94,31 @@ def _meminfo_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def _gpu_count(env: dict[str, str]) -> int:
+def _gpu_ids(env: dict[str, str]) -> list[str]:
+    """GPU ids as CUDA_VISIBLE_DEVICES names them: declared (``SHIPYARD_GPUS=0,1`` or
+    ``SHIPYARD_GPU_COUNT=2``, so GPU scheduling is testable without GPUs), else nvidia-smi's."""
     declared = env.get("SHIPYARD_GPUS")
     if declared is not None:
-        return len([item for item in declared.split(",") if item.strip()])
+        return [item.strip() for item in declared.split(",") if item.strip()]
     count = _number(env, "SHIPYARD_GPU_COUNT")
     if count is not None:
-        return int(count)
+        return [str(index) for index in range(int(count))]
     if shutil.which("nvidia-smi") is None:
-        return 0
+        return []
     try:
         found = subprocess.run(["nvidia-smi", "--list-gpus"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
-        return 0
-    return sum(1 for line in found.stdout.splitlines() if line.startswith("GPU ")) if found.returncode == 0 else 0
+        return []
+    if found.returncode != 0:
+        return []
+    return [str(index) for index, line in enumerate(l for l in found.stdout.splitlines() if l.startswith("GPU "))]
+
+
+def assign_devices(free_ids: list[str], num_nodes: int, per_node: int) -> list[list[str]] | None:
+    """Give each node ``per_node`` of the free GPU ids (lowest first), or None when they do not fit."""
+    if num_nodes * per_node > len(free_ids):
+        return None
+    return [free_ids[node * per_node:(node + 1) * per_node] for node in range(num_nodes)]
 
 
 def fits(needs: dict[str, float], free: dict[str, float]) -> bool:

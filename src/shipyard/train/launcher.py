@@ -118,10 +118,11 @@ class JobRun:
             self.terminate(grace_s=0)
             raise
 
-    def _base_env(self) -> dict[str, str]:
+    def _base_env(self, node: int = 0) -> dict[str, str]:
         job = self.job
+        devices = {} if job.devices is None else {"CUDA_VISIBLE_DEVICES": ",".join(job.devices[node])}
         return {
-            **os.environ, **job.env,
+            **os.environ, **job.env, **devices,
             "PYTHONUNBUFFERED": "1",
             "SHIPYARD_JOB_DIR": str(job.workdir),
             "SHIPYARD_CHECKPOINT_DIR": str(job.checkpoint_dir),
@@ -158,7 +159,7 @@ class JobRun:
         nnodes = f"{job.elastic[0]}:{job.elastic[1]}" if job.elastic else str(job.num_nodes)
         script = torchrun_target(job.command)
         for node, step in enumerate(step_names(job)):
-            env = {**self._base_env(), "PET_NNODES": nnodes, "PET_NPROC_PER_NODE": str(job.nproc_per_node),
+            env = {**self._base_env(node), "PET_NNODES": nnodes, "PET_NPROC_PER_NODE": str(job.nproc_per_node),
                    "PET_NODE_RANK": str(node), "PET_MASTER_ADDR": LOOPBACK, "PET_MASTER_PORT": str(port)}
             env.setdefault("GLOO_SOCKET_IFNAME", "lo")
             command = [job.python, "-m", "torch.distributed.run", "--nnodes", nnodes,
@@ -178,7 +179,7 @@ class JobRun:
                 for node, step in enumerate(step_names(job)) for local in range(job.nproc_per_node)]
 
     def _rank_env(self, node: int, local: int, rank: int) -> dict[str, str]:
-        return {**self._base_env(), "RANK": str(rank), "WORLD_SIZE": str(self.job.world_size),
+        return {**self._base_env(node), "RANK": str(rank), "WORLD_SIZE": str(self.job.world_size),
                 "LOCAL_RANK": str(local), "LOCAL_WORLD_SIZE": str(self.job.nproc_per_node), "NODE_RANK": str(node)}
 
     def _jax(self) -> None:

@@ -26,6 +26,9 @@ class ResolvedJob:
     max_restarts: int = 0
     elastic: tuple[int, int] | None = None  # torch --nnodes MIN:MAX
     attempt: int = 0  # restarts so far
+    #: GPU ids per node assigned by the scheduler (CUDA_VISIBLE_DEVICES of node i's processes);
+    #: None leaves the variable alone (a JobRun started outside the control plane).
+    devices: list[list[str]] | None = None
 
     @property
     def checkpoint_dir(self) -> Path:

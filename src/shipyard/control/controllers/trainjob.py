@@ -183,13 +183,26 @@ class TrainJobController:
             if resource is None:
                 continue
             job = dataclasses.replace(self._resolved[demand.key], attempt=(resource.status.get("shipyard") or {})
-                                      .get("attempt", 0))
+                                      .get("attempt", 0), devices=self._devices_for(self._resolved[demand.key]))
             active = self.active[demand.key] = Active(job, demand.needs)
             active.task = asyncio.ensure_future(self._launch(resource, active))
             status = _copy(resource.status)
-            status["shipyard"].update(state="Initializing", activeSince=time.time(), reason="", message="")
+            status["shipyard"].update(state="Initializing", activeSince=time.time(), reason="", message="",
+                                      resolved=_job_record(job))
             self._event(resource, "Normal", "Admitted", f"admitted ({_amounts(demand.needs)}); attempt {job.attempt}")
             self._write_status(resource, status)
+
+    def _devices_for(self, job: Any) -> list[list[str]] | None:
+        """GPU ids for each node of an admitted job, from those no running job holds; None on a
+        machine without GPUs. A job that asks for none sees none (CUDA_VISIBLE_DEVICES="")."""
+        if not self.inventory.gpu_ids:
+            return None
+        held = {device for active in self.active.values() for node in (active.job.devices or []) for device in node}
+        free = [device for device in self.inventory.gpu_ids if device not in held]
+        devices = scheduler.assign_devices(free, job.num_nodes, int(job.resources_per_node.get("gpu", 0)))
+        if devices is None:  # admission counted GPUs, so this means the count and the ids disagree
+            raise RuntimeError(f"no free GPU ids for {job.num_nodes} node(s) of job {job.namespace}/{job.name}")
+        return devices
 
     async def _launch(self, resource: Resource, active: Active) -> None:
         """Run the initializers, then start the trainer's processes (in threads: both may block)."""
