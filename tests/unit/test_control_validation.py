@@ -441,3 +441,10 @@ def test_relative_storage_paths_resolve_against_the_file_folder(tmp_path):
     assert second["spec"]["predictor"]["model"]["storageUri"] == "s3://bucket/model.onnx"
     assert third["spec"]["predictor"]["model"]["storageUri"] == "/abs/model.onnx"
     assert resolve_storage_paths({"kind": "x"}, tmp_path) == {"kind": "x"}
+
+
+def test_a_trainjob_script_next_to_the_yaml_is_made_absolute(tmp_path):
+    (tmp_path / "train.py").write_text("print('hi')\n")
+    document = {"kind": "TrainJob", "spec": {"trainer": {"command": ["python", "train.py", "--out", "model.py"]}}}
+    resolved = resolve_storage_paths(document, tmp_path)
+    assert resolved["spec"]["trainer"]["command"] == ["python", str(tmp_path / "train.py"), "--out", "model.py"]

@@ -488,7 +488,8 @@ def _unique(errors: list[FieldError]) -> list[FieldError]:
 
 # -- paths relative to a file ----------------------------------------------------------------------
 def resolve_storage_paths(document: Any, base: Path) -> Any:
-    """Make relative local ``storageUri`` paths of a predictor absolute against ``base`` (a YAML file's folder).
+    """Make relative local paths absolute against ``base`` (a YAML file's folder): a predictor's or an
+    initializer's ``storageUri``, and a TrainJob's script (``command: [python, train.py]``).
 
     The control plane runs elsewhere, so only the client knows what a relative path meant. Returns
     the document (changed in place); anything that is not a relative local path is left alone.
@@ -504,4 +505,16 @@ def resolve_storage_paths(document: Any, base: Path) -> Any:
         if not isinstance(uri, str) or not uri or _SCHEME.match(uri) or Path(uri).is_absolute():
             continue
         container["storageUri"] = str((base / Path(uri).expanduser()).resolve())
+    trainer = spec.get("trainer") if isinstance(spec, dict) else None
+    command = trainer.get("command") if isinstance(trainer, dict) else None
+    if isinstance(command, list):  # [python, train.py, ...]: the script next to the YAML file
+        trainer["command"] = [_local_script(item, base) for item in command]
     return document
+
+
+def _local_script(argument: Any, base: Path) -> Any:
+    """A relative ``*.py`` argument that names a file next to the YAML file, made absolute."""
+    if not isinstance(argument, str) or not argument.endswith(".py") or Path(argument).is_absolute():
+        return argument
+    candidate = base / argument
+    return str(candidate.resolve()) if candidate.is_file() else argument
