@@ -256,12 +256,7 @@ def describe_trainjob(described: dict[str, Any]) -> str:
         lines.append(_indented(table(["STEP", "ACTIVE", "SUCCEEDED", "FAILED", "EXIT CODE"], [
             [s["name"], str(s.get("active", 0)), str(s.get("succeeded", 0)), str(s.get("failed", 0)),
              _text((own.get("exitCodes") or {}).get(s["name"]))] for s in steps]), 2))
-    conditions = status.get("conditions") or []
-    lines.append("Conditions:" + ("" if conditions else "   <none>"))
-    if conditions:
-        lines.append(_indented(table(["TYPE", "STATUS", "REASON", "MESSAGE", "LAST TRANSITION"], [
-            [c.get("type", ""), c.get("status", ""), c.get("reason", ""), c.get("message", ""),
-             c.get("lastTransitionTime", "")] for c in conditions]), 2))
+    lines.append(_conditions_text(status.get("conditions") or []))
     lines.append(_events_text(described.get("events") or []))
     return "\n".join(lines)
 
@@ -278,6 +273,14 @@ def _header(described: dict[str, Any]) -> list[str]:
         f"Kind:         {described['kind']}",
         f"Created:      {metadata.get('creationTimestamp', '')} ({age(metadata)} ago)",
     ]
+
+
+def _conditions_text(conditions: list[dict[str, Any]]) -> str:
+    if not conditions:
+        return "Conditions:   <none>"
+    return "Conditions:\n" + _indented(table(["TYPE", "STATUS", "REASON", "MESSAGE", "LAST TRANSITION"], [
+        [c.get("type", ""), c.get("status", ""), c.get("reason", ""), c.get("message", ""),
+         c.get("lastTransitionTime", "")] for c in conditions]), 2)
 
 
 def _events_text(events: list[dict[str, Any]]) -> str:
@@ -300,12 +303,7 @@ def describe_text(described: dict[str, Any]) -> str:
     lines += [f"URL:          {status.get('url') or '<none>'}",
               f"Address:      {(status.get('address') or {}).get('url') or '<none>'}",
               "Spec:", _indented(yaml.safe_dump(described.get("spec") or {}, sort_keys=False).rstrip(), 2)]
-    conditions = status.get("conditions") or []
-    lines.append("Conditions:" + ("" if conditions else "   <none>"))
-    if conditions:
-        lines.append(_indented(table(["TYPE", "STATUS", "REASON", "MESSAGE", "LAST TRANSITION"], [
-            [c.get("type", ""), c.get("status", ""), c.get("reason", ""), c.get("message", ""),
-             c.get("lastTransitionTime", "")] for c in conditions]), 2))
+    lines.append(_conditions_text(status.get("conditions") or []))
     lines.append("Revisions:" + ("" if described.get("revisions") else "    <none>"))
     if described.get("revisions"):
         traffic = {entry.get("revisionName"): entry for entry in predictor.get("traffic") or []}
