@@ -167,7 +167,8 @@ def test_killed_run_resumes_from_latest_checkpoint(tmp_path: Path) -> None:
     killed = first.poll()
     assert killed is not None and not killed.succeeded and killed.reason == "Terminated"
     completed = (job.workdir / "done.txt").read_text().split()
-    assert len(list(job.checkpoint_dir.glob("checkpoint-*"))) == 2  # keep=2
+    # keep=2; a SIGKILL between writing a checkpoint and pruning the oldest leaves one more (never fewer)
+    assert len(list(job.checkpoint_dir.glob("checkpoint-*"))) in (2, 3)
 
     job.attempt = 1
     second = JobRun(job, home=tmp_path / "home")
