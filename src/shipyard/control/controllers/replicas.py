@@ -28,8 +28,12 @@ BACKOFF_MAX_S = 30.0
 #: A replica that stayed ready this long starts its backoff from 1 s again after a crash.
 BACKOFF_RESET_S = 60.0
 STOP_GRACE_S = 10.0
-#: Failed ready checks in a row before a ready replica leaves the routes (a busy replica may answer slowly).
+#: A ready replica leaves the routes only after this many failed ready checks in a row spanning at
+#: least UNREADY_AFTER_S (Kubernetes' defaults take 30 s): a replica busy with load on a small machine
+#: may miss a check or two, and taking it out would turn its traffic into 503s. A replica whose
+#: process exits leaves at once.
 UNREADY_AFTER = 3
+UNREADY_AFTER_S = 10.0
 
 Key = tuple[str, str, int]  # (namespace, revision, index)
 
@@ -50,6 +54,7 @@ class Replica:
     next_start: float = 0.0  # monotonic
     ready_since: float | None = None
     unready_checks: int = 0
+    unready_since: float = 0.0  # when the current run of failed ready checks began
     drain_since: float | None = None
     last_exit: str = ""
     message: str = ""
@@ -183,13 +188,16 @@ class Replicas:
         for replica, is_ready in zip(watched, ready):
             if is_ready is None:
                 continue
+            if not is_ready and replica.unready_checks == 0:
+                replica.unready_since = time.monotonic()
             replica.unready_checks = 0 if is_ready else replica.unready_checks + 1
             if is_ready and replica.state == "starting":
                 replica.state, replica.ready_since, replica.message = "ready", time.monotonic(), "ready"
                 self.store.upsert_replica(replica.record())
                 self.store.event(KIND, replica.namespace, replica.isvc, "Normal", "ReplicaReady",
                                  f"replica {replica.index} of {replica.revision} is ready")
-            elif replica.state == "ready" and replica.unready_checks >= UNREADY_AFTER:
+            elif (replica.state == "ready" and replica.unready_checks >= UNREADY_AFTER
+                  and time.monotonic() - replica.unready_since >= UNREADY_AFTER_S):
                 replica.state, replica.message = "starting", "not ready (its /v2/health/ready fails)"
                 self.store.upsert_replica(replica.record())
 
