@@ -172,3 +172,25 @@ def start_server() -> Iterator:
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def s3(monkeypatch: pytest.MonkeyPatch):
+    """A boto3 client of moto's S3 server on a real socket, with the AWS environment pointing at it
+    (so fsspec + s3fs in the code under test reach it too)."""
+    pytest.importorskip("s3fs", reason="s3:// needs s3fs (pip install s3fs)")
+    moto_server = pytest.importorskip("moto.server", reason="the S3 test server needs moto[server]")
+    import boto3
+
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        endpoint = f"http://{host}:{port}"
+        for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint,
+                           "AWS_ENDPOINT_URL_S3": endpoint}.items():
+            monkeypatch.setenv(key, value)
+        yield boto3.client("s3", endpoint_url=endpoint)
+    finally:
+        server.stop()

@@ -167,27 +167,11 @@ def test_unsafe_archive_and_missing_url_change_nothing(web):
     assert not models_cache().exists() or list(models_cache().iterdir()) == []
 
 
-def test_s3_folder_through_fsspec(monkeypatch, artifacts):
-    pytest.importorskip("s3fs", reason="s3:// needs s3fs (pip install s3fs)")
-    moto_server = pytest.importorskip("moto.server", reason="the S3 test server needs moto[server]")
-    import boto3
-
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint,
-                           "AWS_ENDPOINT_URL_S3": endpoint}.items():
-            monkeypatch.setenv(key, value)
-        s3 = boto3.client("s3", endpoint_url=endpoint)
-        s3.create_bucket(Bucket="models")
-        s3.put_object(Bucket="models", Key="sklearn/iris/model.joblib", Body=artifacts["sk_logreg"].read_bytes())
-        command = serve_command("iris", model("s3://models/sklearn/iris"))
-        path = Path(command.argv[0])
-        assert path.name == "model.joblib" and path.read_bytes() == artifacts["sk_logreg"].read_bytes()
-        with pytest.raises(ModelSourceError, match=r"s3://models/nothing does not exist"):
-            serve_command("iris", model("s3://models/nothing"))
-    finally:
-        server.stop()
+def test_s3_folder_through_fsspec(s3, artifacts):
+    s3.create_bucket(Bucket="models")
+    s3.put_object(Bucket="models", Key="sklearn/iris/model.joblib", Body=artifacts["sk_logreg"].read_bytes())
+    command = serve_command("iris", model("s3://models/sklearn/iris"))
+    path = Path(command.argv[0])
+    assert path.name == "model.joblib" and path.read_bytes() == artifacts["sk_logreg"].read_bytes()
+    with pytest.raises(ModelSourceError, match=r"s3://models/nothing does not exist"):
+        serve_command("iris", model("s3://models/nothing"))

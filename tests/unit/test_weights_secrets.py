@@ -6,7 +6,6 @@ import hashlib
 import http.server
 import os
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -109,28 +108,12 @@ def test_secrets_from_environment_or_folder(tmp_path, monkeypatch):
         resolve_secrets(["MISSING"])
 
 
-def test_s3_weight_through_fsspec(tmp_path, monkeypatch):
+def test_s3_weight_through_fsspec(tmp_path, s3):
     """s3:// goes through fsspec + s3fs, here against moto's S3 server on a real socket."""
-    pytest.importorskip("s3fs", reason="s3:// weights need s3fs (pip install s3fs)")
-    moto_server = pytest.importorskip("moto.server", reason="the S3 test server needs moto[server]")
-    import boto3
-
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
-        for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint,
-                           "AWS_ENDPOINT_URL_S3": endpoint}.items():
-            monkeypatch.setenv(key, value)
-        s3 = boto3.client("s3", endpoint_url=endpoint)
-        s3.create_bucket(Bucket="models")
-        s3.put_object(Bucket="models", Key="iris/model.bin", Body=BLOB)
-        [link] = materialise(tmp_path, [Weight(uri="s3://models/iris/model.bin", sha256=SHA)])
-        assert link.read_bytes() == BLOB
-    finally:
-        server.stop()
+    s3.create_bucket(Bucket="models")
+    s3.put_object(Bucket="models", Key="iris/model.bin", Body=BLOB)
+    [link] = materialise(tmp_path, [Weight(uri="s3://models/iris/model.bin", sha256=SHA)])
+    assert link.read_bytes() == BLOB
 
 
 def test_artifact_that_is_a_weight_is_fetched_before_the_format_is_told(tmp_path, artifacts):
