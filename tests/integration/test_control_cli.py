@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ import yaml
 from typer.testing import CliRunner
 
 from apithread import ApiThread
+from kserve_examples import SKLEARN_IRIS_LOCAL
 from shipyard.cli import resources, rollout as rollout_cli
 from shipyard.control.controllers.rollout import rollout
 from shipyard.control.resources import INFERENCE_SERVICE
@@ -56,18 +56,7 @@ def project(tmp_path, iris) -> Path:
     folder = tmp_path / "project"
     (folder / "model").mkdir(parents=True)
     joblib.dump(LogisticRegression(max_iter=1000).fit(*iris), folder / "model" / "model.joblib")
-    (folder / "sklearn-iris.yaml").write_text(textwrap.dedent("""\
-        apiVersion: "serving.kserve.io/v1beta1"
-        kind: "InferenceService"
-        metadata:
-          name: "sklearn-iris"
-        spec:
-          predictor:
-            model:
-              modelFormat:
-                name: sklearn
-              storageUri: "./model"
-    """))
+    (folder / "sklearn-iris.yaml").write_text(SKLEARN_IRIS_LOCAL)
     return folder
 
 

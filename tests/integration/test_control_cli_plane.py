@@ -15,20 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
+from kserve_examples import SKLEARN_IRIS_LOCAL
+
 pytestmark = pytest.mark.integration
 
-EXAMPLE = """\
-apiVersion: "serving.kserve.io/v1beta1"
-kind: "InferenceService"
-metadata:
-  name: "sklearn-iris"
-spec:
-  predictor:
-    model:
-      modelFormat:
-        name: sklearn
-      storageUri: "./model"
-"""
 
 
 def shipyard(*args: str, env: dict[str, str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -46,7 +36,7 @@ def test_kserve_sklearn_example_serves_through_the_cli(tmp_path, iris):
     project = tmp_path / "project"
     (project / "model").mkdir(parents=True)
     joblib.dump(LogisticRegression(max_iter=1000).fit(*iris), project / "model" / "model.joblib")
-    (project / "sklearn-iris.yaml").write_text(EXAMPLE)
+    (project / "sklearn-iris.yaml").write_text(SKLEARN_IRIS_LOCAL)
 
     not_running = shipyard("get", "isvc", env=env, cwd=project)
     assert not_running.returncode == 1 and "shipyard up --detach" in not_running.stderr
