@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from shipyard import quantity
 from shipyard.train.spec import FRAMEWORKS, ResolvedJob, reserved_env
 
 log = logging.getLogger("shipyard.train")
@@ -93,19 +94,12 @@ def builtin_runtime(name: str) -> dict[str, Any] | None:
 
 
 # -- quantities ------------------------------------------------------------------------------------
-_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]*)?|\.[0-9]+)([a-zA-Z]*)$")
-_SUFFIXES = {"": 1.0, "m": 1e-3, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
-             "Ki": 2.0**10, "Mi": 2.0**20, "Gi": 2.0**30, "Ti": 2.0**40, "Pi": 2.0**50, "Ei": 2.0**60}
-
-
 def parse_quantity(value: Any, path: str) -> float:
     """A Kubernetes quantity (``2``, ``500m``, ``4Gi``, ``1.5``) as a number; TrainSpecError names ``path``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise TrainSpecError(path, f"expected a quantity such as 2, 500m or 4Gi, got {value!r}")
-    match = _QUANTITY.match(str(value).strip())
-    if not match or match.group(2) not in _SUFFIXES:
-        raise TrainSpecError(path, f"expected a quantity such as 2, 500m or 4Gi, got {value!r}")
-    return float(match.group(1)) * _SUFFIXES[match.group(2)]
+    try:
+        return quantity.parse_quantity(value, path)
+    except quantity.QuantityError as exc:
+        raise TrainSpecError(path, exc.message) from None
 
 
 def _resources(requirements: Any, path: str, nproc: int) -> dict[str, float]:
