@@ -5,12 +5,13 @@ from __future__ import annotations
 import typer
 
 from shipyard import __version__
-from shipyard.cli import build, control, package, predict, resources, rollout, serve, test, train
+from shipyard.cli import build, control, data, package, predict, resources, rollout, serve, test, train
 
 app = typer.Typer(
     name="shipyard",
-    help="Take a model to production on one machine: package it, test it, serve it (KServe V1/V2, REST and "
-    "gRPC) and ship it as a container with KServe manifests.",
+    help="Take a model to production on one machine: cache its data (Fluid's Dataset), train it (Kubeflow's "
+    "TrainJob), package and test it, serve it (KServe V1/V2, REST and gRPC, rollouts) and ship it as a container "
+    "with KServe manifests.",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
@@ -30,6 +31,7 @@ app.command("delete")(resources.delete)
 app.command("logs")(resources.logs)
 app.add_typer(rollout.app, name="rollout")
 app.command("train")(train.train)
+app.add_typer(data.app, name="data")
 
 
 @app.command("version")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from ...quantity import format_bytes
 from .result import Log, OperationError, OperationResult
@@ -15,12 +15,14 @@ if TYPE_CHECKING:
 
 
 def run_load(cache: DatasetCache, targets: list[str] | None, *, parallelism: int = 8,
-             load_metadata: bool = False, log: Log) -> OperationResult:
+             load_metadata: bool = False, log: Log,
+             progress: Callable[[int, int], None] | None = None) -> OperationResult:
     """Load ``targets`` (dataset paths or globs; None or [] = the whole dataset) into the cache.
 
     ``load_metadata`` syncs the listing with the source first (Fluid's ``loadMetadata``). A target that
     matches no file raises OperationError naming it, before anything is fetched. Logs a line about every
-    10% of progress and a summary (files, bytes, MB/s, how much was cached already).
+    10% of progress (or calls ``progress(done_bytes, total_bytes)`` instead, for a progress bar) and a
+    summary (files, bytes, MB/s, how much was cached already).
     """
     if parallelism < 1:
         raise OperationError(f"parallelism: expected a positive number, got {parallelism}")
@@ -43,7 +45,7 @@ def run_load(cache: DatasetCache, targets: list[str] | None, *, parallelism: int
                 paths.append(target if has_magic(target) else normalize(target))
         log(f"loading {', '.join(paths) if paths else 'the whole dataset'} of {name!r} "
             f"with parallelism {parallelism}")
-        result = cache.load(paths, parallelism=parallelism, progress=_progress_logger(log))
+        result = cache.load(paths, parallelism=parallelism, progress=progress or _progress_logger(log))
     except OperationError:
         raise
     except (OSError, ValueError) as exc:
