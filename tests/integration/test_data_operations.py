@@ -258,6 +258,21 @@ def test_migrate_external_to_dataset(make_dataset, tmp_path: Path) -> None:
         run_migrate(Endpoint(), Endpoint(cache=cache), log=Lines())
 
 
+def test_migrate_from_an_http_folder_copies_its_files_not_its_listing(make_dataset, tmp_path: Path) -> None:
+    """fsspec's http filesystem calls every URL a file; a folder's listing page must not become one."""
+    from shipyard.data.slow_source import SlowSource
+
+    payload = {"p1.bin": blob(8, 300 * KB), "p2.bin": blob(9, 5 * KB)}
+    for rel, data in payload.items():
+        write(tmp_path / "site" / "table" / rel, data)
+    cache, source = make_dataset("web", {})
+    with SlowSource(tmp_path / "site", latency_ms=0) as site:
+        result = run_migrate(Endpoint(uri=f"{site.url}/table"), Endpoint(cache=cache, path="/t"), log=Lines())
+    assert result.details["copied"] == 2 and result.bytes == sum(map(len, payload.values()))
+    assert sorted(p.name for p in (source / "t").iterdir()) == ["p1.bin", "p2.bin"]
+    assert (source / "t" / "p1.bin").read_bytes() == payload["p1.bin"]
+
+
 def test_migrate_to_s3_and_back(make_dataset, s3) -> None:
     s3.create_bucket(Bucket="archive")
     cache, _ = make_dataset("images", TREE)

@@ -108,13 +108,15 @@ class _ExternalSide(_Side):
     def files(self) -> dict[str, int]:
         if not self.fs.exists(self.root):
             return {}
-        if self.fs.isfile(self.root):
+        # A folder first: fsspec's http filesystem calls every URL a file, its listing page included.
+        prefix = self.root.rstrip("/") + "/"
+        found = {path: info for path, info in self.fs.find(self.root, detail=True).items()
+                 if info.get("type", "file") == "file" and path.startswith(prefix)}
+        if not found and self.fs.isfile(self.root):
             self.single = True
             return {posixpath.basename(self.root): int(self.fs.size(self.root))}
-        found = self.fs.find(self.root, detail=True)
-        prefix = self.root.rstrip("/") + "/"
-        return {path[len(prefix):]: int(info.get("size") or 0) for path, info in found.items()
-                if info.get("type", "file") == "file" and path.startswith(prefix)}
+        return {path[len(prefix):]: int(info["size"] if info.get("size") is not None else self.fs.size(path))
+                for path, info in found.items()}
 
     def full(self, rel: str) -> str:
         return self.root if self.single else f"{self.root}/{rel}"
