@@ -120,7 +120,7 @@ def test_kserve_example_unmodified_is_refused_for_its_gs_scheme():
     [document] = parse_documents(KSERVE_SKLEARN)
     assert errors_of(document) == {
         "spec.predictor.model.storageUri": "scheme 'gs://' is not supported; use a local path, file://, http://, "
-                                           "https:// or s3://"}
+                                           "https://, s3:// or dataset://NAME/path (through a Dataset's cache)"}
 
 
 def test_kserve_v2_example_warns_about_runtime_and_resources(model_dir):
@@ -163,7 +163,8 @@ def test_vendored_schema_is_the_crd_schema():
     ({"apiVersion": "serving.kserve.io/v1alpha1"}, "apiVersion",
      "'serving.kserve.io/v1alpha1' is not served for InferenceService; use serving.kserve.io/v1beta1"),
     ({"kind": None}, "kind", "required; expected one of: InferenceService, TrainJob, TrainingRuntime, "
-                             "ClusterTrainingRuntime"),
+                             "ClusterTrainingRuntime, Dataset, CacheRuntime, DataLoad, DataMigrate, DataProcess, "
+                             "DataClean"),
     ({"kind": "isvc"}, "kind", "'isvc' is not a kind name; write 'InferenceService'"),
 ])
 def test_kind_and_api_version_errors(model_dir, change, path, message):
@@ -181,7 +182,10 @@ def test_unknown_kind_names_the_known_ones(model_dir):
     document["kind"] = "Deployment"
     assert errors_of(document) == {"kind": "unknown kind 'Deployment'; Shipyard knows: InferenceService "
                                            "(inferenceservice/isvc), TrainJob (trainjob/tj), TrainingRuntime "
-                                           "(trainingruntime), ClusterTrainingRuntime (clustertrainingruntime)"}
+                                           "(trainingruntime), ClusterTrainingRuntime (clustertrainingruntime), "
+                                           "Dataset (dataset), CacheRuntime (cacheruntime), DataLoad (dataload/load), "
+                                           "DataMigrate (datamigrate/migrate), DataProcess (dataprocess), DataClean "
+                                           "(dataclean)"}
 
 
 @pytest.mark.parametrize("name", ["Sklearn-Iris", "1-iris", "iris-", "iris_model", "a" * 64, ""])
@@ -311,7 +315,7 @@ def test_storage_uri_rules(model_dir, tmp_path):
         return predictor_errors(model_dir, {"model": model})
 
     assert uri_errors(None) == {"spec.predictor.model.storageUri": "required field is missing; set a local path, "
-                                "file://, http(s):// or s3:// URI (or a Shipyard package folder)"}
+                                "file://, http(s)://, s3:// or dataset:// URI (or a Shipyard package folder)"}
     assert uri_errors("pvc://models/iris")["spec.predictor.model.storageUri"].startswith("scheme 'pvc://' is not")
     assert uri_errors("models/iris") == {"spec.predictor.model.storageUri": "'models/iris' is a relative path: the "
                                          "control plane cannot tell what it is relative to; use an absolute path "

@@ -20,8 +20,10 @@ from shipyard.control.resources import DEFAULT_NAMESPACE, DocumentError, Unknown
 if TYPE_CHECKING:  # the client (httpx, jsonschema) loads when a command runs, not with every shipyard command
     from shipyard.control.client import ControlClient
 
-KIND_HELP = ("Resource kind: inferenceservice (isvc), trainjob (tj), trainingruntime or clustertrainingruntime "
+KIND_HELP = ("Resource kind: inferenceservice (isvc), trainjob (tj), trainingruntime, clustertrainingruntime, "
+             "dataset, cacheruntime, dataload (load), datamigrate (migrate), dataprocess or dataclean "
              "(plural names work too).")
+DATA_OPERATION_KINDS = ("DataLoad", "DataMigrate", "DataProcess", "DataClean")
 NAMESPACE_OPTION = typer.Option(DEFAULT_NAMESPACE, "--namespace", "-n", help="Namespace.")
 
 
@@ -147,6 +149,12 @@ def get(
         typer.echo(trainjob_table(items, namespaces=all_namespaces))
     elif kind_name in ("TrainingRuntime", "ClusterTrainingRuntime"):
         typer.echo(runtime_table(items, namespaces=all_namespaces and kind_name == "TrainingRuntime"))
+    elif kind_name == "Dataset":
+        typer.echo(dataset_table(items, wide=output == "wide", namespaces=all_namespaces))
+    elif kind_name == "CacheRuntime":
+        typer.echo(cacheruntime_table(items, namespaces=all_namespaces))
+    elif kind_name in DATA_OPERATION_KINDS:
+        typer.echo(operation_table(items, wide=output == "wide", namespaces=all_namespaces))
     else:
         typer.echo(isvc_table(items, wide=output == "wide", namespaces=all_namespaces))
 
@@ -176,6 +184,76 @@ def runtime_table(items: list[dict[str, Any]], namespaces: bool = False) -> str:
         row = [metadata["name"], framework, str(policy.get("numNodes", "")), age(metadata) or "built-in"]
         rows.append(([metadata.get("namespace", "")] if namespaces else []) + row)
     return table(headers, rows)
+
+
+def dataset_table(items: list[dict[str, Any]], wide: bool = False, namespaces: bool = False) -> str:
+    """Fluid's columns: NAME UFS TOTAL SIZE CACHED CACHE CAPACITY CACHED PERCENTAGE PHASE AGE
+    (wide: FILES and HIT RATIO, "—" while nothing was read)."""
+    headers = ["NAME", "UFS TOTAL SIZE", "CACHED", "CACHE CAPACITY", "CACHED PERCENTAGE", "PHASE"]
+    if wide:
+        headers += ["FILES", "HIT RATIO"]
+    headers = (["NAMESPACE"] if namespaces else []) + headers + ["AGE"]
+    rows = []
+    for item in items:
+        status = item.get("status") or {}
+        states = status.get("cacheStates") or {}
+        phase = "Deleting" if item["metadata"].get("deletionTimestamp") else status.get("phase", "")
+        row = [item["metadata"]["name"], status.get("ufsTotal", ""), _text(states.get("cached")),
+               _text(states.get("cacheCapacity")), _text(states.get("cachedPercentage")), phase]
+        if wide:
+            row += [_text(status.get("fileNum")), states.get("cacheHitRatio") or "—"]
+        rows.append(([item["metadata"]["namespace"]] if namespaces else []) + row + [age(item["metadata"])])
+    return table(headers, rows)
+
+
+def cacheruntime_table(items: list[dict[str, Any]], namespaces: bool = False) -> str:
+    """NAME LEVELS AGE: each tier as MEDIUM QUOTA (the runtime binds to the Dataset of its name)."""
+    headers = (["NAMESPACE"] if namespaces else []) + ["NAME", "LEVELS", "AGE"]
+    rows = []
+    for item in items:
+        spec = item.get("spec") or {}
+        store = ((spec.get("worker") or {}).get("tieredStore") or (spec.get("client") or {}).get("tieredStore")
+                 or {})
+        levels = []
+        for level in store.get("levels") or []:
+            if "processMemory" in level:
+                levels.append(f"MEM {level['processMemory'].get('quota', '')}")
+            elif "emptyDir" in level:
+                medium = "MEM" if (level["emptyDir"] or {}).get("medium") == "Memory" else "SSD"
+                levels.append(f"{medium} {level['emptyDir'].get('quota', '')}")
+            elif "hostPath" in level:
+                levels.append("SSD " + "+".join(str(q) for q in (level["hostPath"] or {}).get("quotas") or []))
+        row = [item["metadata"]["name"], ", ".join(levels) or "default (SSD 10Gi)", age(item["metadata"])]
+        rows.append(([item["metadata"]["namespace"]] if namespaces else []) + row)
+    return table(headers, rows)
+
+
+def operation_table(items: list[dict[str, Any]], wide: bool = False, namespaces: bool = False) -> str:
+    """Fluid's operation columns: NAME DATASET PHASE AGE DURATION (wide: POLICY, RUNS, LAST SCHEDULE)."""
+    headers = ["NAME", "DATASET", "PHASE", "AGE", "DURATION"]
+    if wide:
+        headers += ["POLICY", "RUNS", "LAST SCHEDULE"]
+    headers = (["NAMESPACE"] if namespaces else []) + headers
+    rows = []
+    for item in items:
+        status = item.get("status") or {}
+        phase = "Deleting" if item["metadata"].get("deletionTimestamp") else status.get("phase", "")
+        row = [item["metadata"]["name"], _operation_dataset(item), phase, age(item["metadata"]),
+               status.get("duration", "")]
+        if wide:
+            row += [(item.get("spec") or {}).get("policy") or "Once",
+                    _text((status.get("shipyard") or {}).get("runs", 0)), status.get("lastScheduleTime", "")]
+        rows.append(([item["metadata"]["namespace"]] if namespaces else []) + row)
+    return table(headers, rows)
+
+
+def _operation_dataset(item: dict[str, Any]) -> str:
+    """The dataset an operation works on (a DataMigrate: its dataset side, ``a -> b`` when both are)."""
+    spec = item.get("spec") or {}
+    if item.get("kind") == "DataMigrate":
+        sides = [((spec.get(side) or {}).get("dataset") or {}).get("name") for side in ("from", "to")]
+        return " -> ".join(name for name in sides if name)
+    return str((spec.get("dataset") or {}).get("name", ""))
 
 
 def isvc_table(items: list[dict[str, Any]], wide: bool = False, namespaces: bool = False) -> str:
@@ -218,6 +296,10 @@ def describe(
         described = connect().describe(kind_of(kind).kind, name, namespace)
     if described["kind"] == "TrainJob":
         typer.echo(describe_trainjob(described))
+    elif described["kind"] == "Dataset":
+        typer.echo(describe_dataset(described))
+    elif described["kind"] in DATA_OPERATION_KINDS:
+        typer.echo(describe_operation(described))
     elif described["kind"] != "InferenceService":
         typer.echo(yaml.safe_dump({k: v for k, v in described.items() if k != "events"}, sort_keys=False).rstrip())
         typer.echo(_events_text(described.get("events") or []))
@@ -259,6 +341,77 @@ def describe_trainjob(described: dict[str, Any]) -> str:
     lines.append(_conditions_text(status.get("conditions") or []))
     lines.append(_events_text(described.get("events") or []))
     return "\n".join(lines)
+
+
+def describe_dataset(described: dict[str, Any]) -> str:
+    """A Dataset: phase, mounts, source totals, cache states, the operations holding it, conditions, events."""
+    status = described.get("status") or {}
+    states = status.get("cacheStates") or {}
+    own = status.get("shipyard") or {}
+    lines = [*_header(described), f"Phase:        {status.get('phase') or 'NotBound'}"]
+    runtimes = status.get("runtimes") or []
+    lines.append("Runtime:      " + (f"CacheRuntime {runtimes[0]['name']}" if runtimes else
+                                     "default cache (no CacheRuntime of this name)"))
+    lines.append(f"Cache folder: {own.get('root') or '-'}")
+    mounts = (described.get("spec") or {}).get("mounts") or []
+    lines.append("Mounts:" + ("" if mounts else "       <none>"))
+    if mounts:
+        lines.append(_indented(table(["NAME", "MOUNT POINT", "PATH", "READ ONLY"], [
+            [m.get("name") or m.get("mountPoint", "").rstrip("/").rsplit("/", 1)[-1], m.get("mountPoint", ""),
+             m.get("path") or f"/{m.get('name') or ''}", "yes" if m.get("readOnly") else "no"] for m in mounts]), 2))
+    lines.append(f"UFS Total:    {status.get('ufsTotal') or '-'} ({status.get('fileNum') or '-'} files; listed "
+                 f"{own.get('lastMetadataSync') or 'not yet'})")
+    lines.append("Cache States:" + ("" if states else " <none yet>"))
+    if states:
+        lines.append(_indented(table(["KEY", "VALUE"], [[key, "—" if value is None else str(value)]
+                                                        for key, value in states.items()]), 2))
+    refs = status.get("operationRef") or {}
+    lines.append("Operations:   " + (", ".join(f"{kind} {name}" for kind, name in refs.items()) if refs else "<none>"))
+    lines.append(_conditions_text(status.get("conditions") or []))
+    lines.append(_events_text(described.get("events") or []))
+    return "\n".join(lines)
+
+
+def describe_operation(described: dict[str, Any]) -> str:
+    """A data operation: dataset, policy, phase, timings, what the last run did, conditions and events."""
+    spec, status = described.get("spec") or {}, described.get("status") or {}
+    own = status.get("shipyard") or {}
+    policy = spec.get("policy") or "Once"
+    waiting = (status.get("waitingFor") or {}).get("operationComplete")
+    run_after = spec.get("runAfter") or {}
+    lines = [
+        *_header(described),
+        f"Dataset:      {_operation_dataset(described) or '-'}",
+        f"Policy:       {policy}" + (f" (schedule {spec.get('schedule')!r}, next run "
+                                     f"{own.get('nextScheduleTime') or '-'})" if policy == "Cron" else ""),
+        f"Run After:    {run_after.get('kind')} {run_after.get('name')}" + (" (waiting for it)" if waiting else "")
+        if run_after else "Run After:    <none>",
+        f"Phase:        {status.get('phase') or 'Pending'}",
+        f"Duration:     {status.get('duration') or '-'}",
+        f"Last Run:     {status.get('lastScheduleTime') or '-'} (last success: "
+        f"{status.get('lastSuccessfulTime') or '-'})",
+        f"Runs:         {own.get('runs', 0)}" + (f" (last: {own['trigger']})" if own.get("trigger") else ""),
+    ]
+    if own.get("runs"):
+        lines.append(f"Last Result:  {own.get('files', 0)} files, {_size(own.get('bytes', 0))}, "
+                     f"{own.get('throughputMBps', 0)} MB/s" + (" (skipped: up to date)" if own.get("skipped") and
+                                                              described["kind"] == "DataProcess" else ""))
+    if own.get("memoKey"):
+        lines.append(f"Memo Key:     {own['memoKey'][:16]}")
+    if own.get("watchError"):
+        lines.append(f"Watching:     failing: {own['watchError']}")
+    lines.append(f"Log:          shipyard logs {described['kind'].lower()} {described['metadata']['name']}"
+                 + (f" -n {described['metadata']['namespace']}" if described["metadata"]["namespace"] != "default"
+                    else ""))
+    lines.append(_conditions_text(status.get("conditions") or []))
+    lines.append(_events_text(described.get("events") or []))
+    return "\n".join(lines)
+
+
+def _size(value: Any) -> str:
+    from shipyard.quantity import format_bytes
+
+    return format_bytes(value) if isinstance(value, (int, float)) else str(value)
 
 
 def _header(described: dict[str, Any]) -> list[str]:
@@ -347,13 +500,21 @@ def delete(
         kind_info = kind_of(kind)
         connect().delete(kind_info.kind, name, namespace, wait=wait, timeout=timeout)
     what = f'{resource_name(kind_info.kind, kind_info.api_versions[0])} "{name}"'
-    workers = "replicas" if kind_info.kind == "InferenceService" else "processes"
-    typer.echo(f"{what} deleted" if wait else f"{what} deleting ({workers} stop in the background)")
+    if kind_info.kind == "InferenceService":
+        background = "replicas stop in the background"
+    elif kind_info.kind == "Dataset":
+        background = "its cache is removed once the operations running on it end"
+    elif kind_info.kind in DATA_OPERATION_KINDS:
+        background = "removed once its current run, if any, ends"
+    else:
+        background = "processes stop in the background"
+    typer.echo(f"{what} deleted" if wait else f"{what} deleting ({background})")
 
 
 def logs(
     kind: str = typer.Argument(..., help=KIND_HELP, show_default=False),
-    name: str = typer.Argument(..., help="The InferenceService's or TrainJob's name.", show_default=False),
+    name: str = typer.Argument(..., help="The InferenceService's, TrainJob's or data operation's name.",
+                               show_default=False),
     namespace: str = NAMESPACE_OPTION,
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines (Ctrl+C stops)."),
     revision: Optional[str] = typer.Option(None, "--revision", help="InferenceService: a revision's name, latest "
@@ -363,7 +524,7 @@ def logs(
                                        show_default=False),
     tail: int = typer.Option(200, "--tail", min=0, help="Lines to show from the end of each log."),
 ) -> None:
-    """Print an InferenceService's replica logs or a TrainJob's step logs (-f to follow).
+    """Print an InferenceService's replica logs, a TrainJob's step logs or a data operation's log (-f to follow).
 
     Each line is prefixed with its replica or step when there are several.
 
@@ -371,10 +532,16 @@ def logs(
 
       shipyard logs isvc sklearn-iris -f
       shipyard logs trainjob mnist --step node-0 -f
+      shipyard logs dataload warm-imagenet
     """
     with api_errors():
         kind_info = kind_of(kind)
-        if kind_info.kind == "TrainJob":
+        if kind_info.kind in DATA_OPERATION_KINDS or kind_info.kind in ("Dataset", "CacheRuntime"):
+            if kind_info.kind in ("Dataset", "CacheRuntime"):
+                raise ValueError(f"a {kind_info.kind} has no log; its operations do: shipyard logs dataload NAME")
+            if revision is not None or step is not None:
+                raise ValueError(f"--revision and --step are not for a {kind_info.kind}: it has one log")
+        elif kind_info.kind == "TrainJob":
             if revision is not None:
                 raise ValueError("--revision is for InferenceServices; a TrainJob's logs are chosen with --step")
             revision = step

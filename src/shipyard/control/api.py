@@ -9,13 +9,16 @@
     DELETE /apis/{kind}/{namespace}/{name}                 202: the controller stops replicas, then removes it
     GET    /apis/{kind}/{namespace}/{name}/logs            text: the last 200 lines of each live replica
     POST   /apis/{kind}/{namespace}/{name}/logs            {"revision", "tail", "cursor", "wait_s"} -> {"text", "cursor"}
-                                                           (a TrainJob: {"step": "node-0", ...} instead of revision)
+                                                           (a TrainJob: {"step": "node-0", ...} instead of revision;
+                                                           a data operation: its one log, every run appended)
     POST   /apis/inferenceservices/{namespace}/{name}/rollout   {"action": "promote|rollback|pin", "revision"}
 
 ``{kind}`` takes any of the kind's names (``inferenceservices``, ``isvc``, ``trainjobs``, ``tj``...); a
 cluster-scoped kind (ClusterTrainingRuntime) ignores ``{namespace}`` (write ``-``), and its listing
 includes Shipyard's built-in runtimes. A TrainJob's ``runtimeRef`` must name a runtime that exists
-(or is applied with it); the runtime is copied into the job's ``status.resolvedRuntime`` at submit. Every error is
+(or is applied with it); the runtime is copied into the job's ``status.resolvedRuntime`` at submit. Likewise a
+``dataset://NAME`` storageUri (a TrainJob's initializer, an InferenceService's model) must name a Dataset of
+the resource's namespace that exists or is applied with it. Every error is
 ``{"error": message}``; an apply with invalid documents answers 400 with ``errors`` (document
 index, field path, message) and applies none of them.
 """
@@ -32,9 +35,12 @@ from typing import Any
 
 from shipyard import __version__
 from shipyard.control import logs
-from shipyard.control import train_validation
+from shipyard.control import data_validation, train_validation
 from shipyard.control.resources import (
+    CACHE_RUNTIME,
     CLUSTER_TRAINING_RUNTIME,
+    DATA_OPERATIONS,
+    DATASET,
     INFERENCE_SERVICE,
     TRAIN_JOB,
     Kind,
@@ -185,6 +191,14 @@ class ControlApi:
                 (kind, namespace, name) in applied or self._stored_runtime(kind, namespace, name) is not None))
             if problem is not None:
                 errors.append({"document": index, "path": problem[0], "message": problem[1]})
+        for index, document in enumerate(documents):
+            for path, namespace, name in _dataset_uris(document):
+                stored = self.store.get(DATASET.kind, namespace, name)
+                if (DATASET.kind, namespace, name) in applied or (stored is not None and not stored.deleting):
+                    continue
+                errors.append({"document": index, "path": path, "message": f"no Dataset '{name}' in namespace "
+                               f"'{namespace}'; apply it first (or in the same apply); list them with: shipyard get "
+                               f"datasets -n {namespace}"})
         return validated, errors, conflict
 
     def _stored_runtime(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -303,6 +317,11 @@ class ControlApi:
 
         For a TrainJob, ``revision`` is a step (``node-0``, ``dataset-initializer``...); by default every step."""
         resource = self.store.get(kind.kind, namespace, name)
+        if kind in DATA_OPERATIONS:
+            return self._operation_log(kind, resource, namespace, name)
+        if kind in (DATASET, CACHE_RUNTIME):
+            raise ApiError(400, f"a {kind.kind} has no log; its operations have one each (shipyard logs dataload "
+                           "NAME)")
         if kind is not INFERENCE_SERVICE:
             return self._step_logs(kind, resource, namespace, name, revision)
         replicas = self.store.replicas(namespace, name)
@@ -328,6 +347,15 @@ class ControlApi:
         return [file for file in files if file.revision in live] or files
 
 
+    def _operation_log(self, kind: Kind, resource: Resource | None, namespace: str, name: str) -> list[logs.LogFile]:
+        """A data operation's log (every run appends to it); it may not exist until the first run starts."""
+        from shipyard.control.controllers.dataops import operation_log
+
+        path = operation_log(self.logs_dir, kind.kind, namespace, name)
+        if resource is None and not path.exists():
+            raise ApiError(404, f"{kind.kind.lower()} '{name}' not found in namespace '{namespace}'")
+        return [logs.LogFile(name, name, path)]
+
     def _step_logs(self, kind: Kind, resource: Resource | None, namespace: str, name: str,
                    step: str | None) -> list[logs.LogFile]:
         """A TrainJob's step logs (``<step>.log``); ``step`` None: all of them."""
@@ -345,6 +373,26 @@ class ControlApi:
             raise ApiError(404, f"no logs of step '{step}' of '{name}'; steps with logs: {known}")
         # a step that has not started yet has no file: follow it anyway (it appears once it starts)
         return chosen or [logs.LogFile(step, step, self.logs_dir / namespace / name / f"{step}.log")]
+
+
+def _dataset_uris(document: Any) -> list[tuple[str, str, str]]:
+    """``(field path, namespace, dataset name)`` of every dataset:// storageUri of a TrainJob or an InferenceService."""
+    if not isinstance(document, dict) or not isinstance(document.get("spec"), dict):
+        return []
+    spec, kind = document["spec"], document.get("kind")
+    metadata = document.get("metadata") if isinstance(document.get("metadata"), dict) else {}
+    namespace = metadata.get("namespace") or "default"
+    holders: list[tuple[str, Any]] = []
+    if kind == TRAIN_JOB.kind and isinstance(spec.get("initializer"), dict):
+        holders = [(f"spec.initializer.{step}", spec["initializer"].get(step)) for step in ("dataset", "model")]
+    elif kind == INFERENCE_SERVICE.kind and isinstance(spec.get("predictor"), dict):
+        holders = [(f"spec.predictor.{form}", spec["predictor"].get(form)) for form in spec["predictor"]]
+    found = []
+    for path, holder in holders:
+        uri = holder.get("storageUri") if isinstance(holder, dict) else None
+        if isinstance(uri, str) and uri.startswith("dataset://") and not data_validation.dataset_uri_error(uri):
+            found.append((f"{path}.storageUri", namespace, data_validation.parse_dataset_uri(uri)[0]))
+    return found
 
 
 def _scope(kind: Kind, namespace: str) -> str:

@@ -4,6 +4,13 @@
     >>> client.apply(path="sklearn-iris.yaml")
     [{'kind': 'InferenceService', 'name': 'sklearn-iris', 'action': 'created', ...}]
     >>> client.wait_ready("isvc", "sklearn-iris")["status"]["url"]
+
+Datasets and their operations (Fluid's objects; the names of Fluid's Python SDK are aliases):
+
+    >>> client.create_dataset("imagenet", "s3://bucket/imagenet", cache={"quota": "20Gi"})
+    >>> client.load("imagenet", ["/train"])                 # a DataLoad, waited for: its status
+    >>> client.dataset_status("imagenet")["cacheStates"]["cachedPercentage"]
+    '100.0%'
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 import copy
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +26,7 @@ from typing import Any
 import httpx
 
 from shipyard.control.plane import running_plane
-from shipyard.control.resources import DEFAULT_NAMESPACE, kind_of, parse_documents
+from shipyard.control.resources import DEFAULT_NAMESPACE, FLUID_API, SHIPYARD_DATA_API, kind_of, parse_documents
 from shipyard.control.validation import resolve_storage_paths
 
 START_HINT = "start it with: shipyard up --detach"
@@ -43,6 +51,10 @@ class ControlError(Exception):
 
 class NotReady(TimeoutError):
     """A resource did not become ready in time; the message carries its conditions."""
+
+
+class OperationFailed(RuntimeError):
+    """A data operation (or a Dataset) failed; the message is its status's reason and message."""
 
 
 def plane_url(home: Path | None = None) -> str:
@@ -159,6 +171,173 @@ class ControlClient:
                 raise NotReady(f"{name} is not ready after {timeout:g}s: {conditions_summary(resource)}")
             time.sleep(interval)
 
+    # -- datasets and data operations -------------------------------------------------------------
+    def create_dataset(self, name: str, mount_point: str, *, mount_name: str | None = None, path: str | None = None,
+                       options: dict[str, str] | None = None, read_only: bool = False,
+                       cache: dict[str, Any] | None = None, namespace: str = DEFAULT_NAMESPACE, wait: bool = True,
+                       timeout: float = 120.0) -> dict[str, Any]:
+        """Apply a Dataset with one mount (and, with ``cache``, its CacheRuntime); with ``wait``, return
+        it once Bound (OperationFailed when its source cannot be reached).
+
+        ``mount_point`` is any fsspec URL or an absolute local folder; ``options`` its storage options.
+        ``cache``: ``{"quota": "20Gi", "medium": "SSD"|"MEM", "path": folder}`` for one level, or
+        ``{"levels": [{"medium", "quota", "path", "high", "low"}, ...]}``; plus ``evictionPolicy``
+        (``scan-resistant``/``lru``), ``blockSize`` (``4Mi``), ``metadataTTL`` (``5m``), ``verifyReads``.
+        """
+        mount: dict[str, Any] = {"mountPoint": mount_point}
+        for key, value in (("name", mount_name), ("path", path), ("options", options)):
+            if value is not None:
+                mount[key] = value
+        if read_only:
+            mount["readOnly"] = True
+        documents = [{"apiVersion": FLUID_API, "kind": "Dataset", "metadata": {"name": name, "namespace": namespace},
+                      "spec": {"mounts": [mount]}}]
+        if cache is not None:
+            documents.append(cache_runtime(name, namespace, cache))
+        self.apply(documents)
+        if not wait:
+            return self.get("dataset", name, namespace)  # type: ignore[return-value]
+        return self.wait_dataset(name, namespace=namespace, timeout=timeout)
+
+    def wait_dataset(self, name: str, namespace: str = DEFAULT_NAMESPACE, timeout: float = 120.0) -> dict[str, Any]:
+        """Poll until the Dataset is Bound; OperationFailed says why when it Failed, NotReady on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            dataset = self._call("GET", f"/apis/datasets/{namespace}/{name}")
+            status = dataset.get("status") or {}
+            if status.get("phase") == "Bound":
+                return dataset
+            if status.get("phase") == "Failed":
+                raise OperationFailed(f"dataset {name}: {conditions_summary(dataset)}")
+            if time.monotonic() > deadline:
+                raise NotReady(f"dataset {name} is not Bound after {timeout:g}s: {conditions_summary(dataset)}")
+            time.sleep(0.2)
+
+    def dataset_status(self, name: str, namespace: str = DEFAULT_NAMESPACE) -> dict[str, Any]:
+        """A Dataset's status: phase, ufsTotal, fileNum, cacheStates, conditions, operationRef."""
+        return self._call("GET", f"/apis/datasets/{namespace}/{name}").get("status") or {}
+
+    def load(self, dataset: str, paths: list[str] | str | None = None, *, name: str | None = None,
+             policy: str = "Once", schedule: str | None = None, parallelism: int | None = None,
+             load_metadata: bool = False, run_after: tuple[str, str] | None = None,
+             namespace: str = DEFAULT_NAMESPACE, wait: bool = True, timeout: float = 600.0) -> dict[str, Any]:
+        """Apply a DataLoad of ``paths`` (paths or globs; None: the whole dataset) and, with ``wait``,
+        return it once its run completed (OperationFailed with the reason otherwise).
+
+        ``policy``: Once, Cron (with ``schedule``: "0 * * * *", "@every 30s") or OnEvent (reloads what
+        changes at the source). ``run_after``: ``("DataMigrate", "name")`` runs it after that operation.
+        """
+        spec: dict[str, Any] = {"dataset": {"name": dataset}, "policy": policy}
+        if paths:
+            spec["target"] = [{"path": item} for item in ([paths] if isinstance(paths, str) else paths)]
+        if parallelism is not None:
+            spec["options"] = {"parallelism": str(parallelism)}
+        if load_metadata:
+            spec["loadMetadata"] = True
+        return self._operation("DataLoad", name or _op_name(dataset, "load"), spec, namespace, schedule, run_after,
+                               wait, timeout)
+
+    preload = load  # Fluid's Python SDK name
+
+    def migrate(self, dataset: str, uri: str, *, direction: str = "from", path: str = "/", name: str | None = None,
+                checksum: bool = True, exclude: list[str] | None = None, parallelism: int | None = None,
+                policy: str = "Once", schedule: str | None = None, run_after: tuple[str, str] | None = None,
+                namespace: str = DEFAULT_NAMESPACE, wait: bool = True, timeout: float = 600.0) -> dict[str, Any]:
+        """Apply a DataMigrate between ``path`` of ``dataset`` and external storage ``uri`` (any fsspec
+        URL or absolute folder): ``direction="from"`` copies from ``uri`` into the dataset, ``"to"`` the
+        other way. Files already equal at the target are left alone; ``checksum`` verifies each copy."""
+        if direction not in ("from", "to"):
+            raise ValueError(f"direction: expected 'from' (into the dataset) or 'to' (out of it), got {direction!r}")
+        inside = {"dataset": {"name": dataset, "namespace": namespace, "path": path}}
+        outside = {"externalStorage": {"uri": uri}}
+        spec: dict[str, Any] = {"from": outside, "to": inside} if direction == "from" else {"from": inside,
+                                                                                            "to": outside}
+        options = {"checksum": "true" if checksum else "false"}
+        if exclude:
+            options["exclude"] = ",".join(exclude)
+        spec.update(policy=policy, options=options)
+        if parallelism is not None:
+            spec["parallelism"] = parallelism
+        return self._operation("DataMigrate", name or _op_name(dataset, "migrate"), spec, namespace, schedule,
+                               run_after, wait, timeout)
+
+    def process(self, dataset: str, processor: Any, output: str | None = None, *, sub_path: str = "/",
+                env: dict[str, str] | None = None, name: str | None = None, policy: str = "Once",
+                schedule: str | None = None, run_after: tuple[str, str] | None = None,
+                namespace: str = DEFAULT_NAMESPACE, wait: bool = True, timeout: float = 600.0) -> dict[str, Any]:
+        """Apply a DataProcess over ``sub_path`` of ``dataset``. ``processor``: a function
+        ``fn(dataset_path, output_path)`` (shipped by its source, as make_processor_from_func does), a
+        Fluid ``processor.script`` dict (``{"command": ["python"|"bash"|"sh"|"sql"], "source": ...}``) or
+        ``{"script": {...}}``. ``output``: ``dataset://NAME[/path]`` (or a Dataset's name) that receives
+        the files written to $OUTPUT_PATH. A re-run with unchanged inputs and code is skipped."""
+        if callable(processor):
+            from shipyard.data.operations.process import make_processor_from_func
+
+            script = make_processor_from_func(processor)
+        elif isinstance(processor, dict):
+            script = copy.deepcopy(processor.get("script", processor))
+        else:
+            raise ValueError(f"processor: expected a function or a processor.script dict, got {processor!r}")
+        if env:
+            script["env"] = [*script.get("env", []), *({"name": k, "value": v} for k, v in env.items())]
+        spec = {"dataset": {"name": dataset, "namespace": namespace, "mountPath": "/data", "subPath": sub_path},
+                "processor": {"script": script}, "policy": policy}
+        annotations = None
+        if output is not None:
+            annotations = {"data.shipyard.io/output": output if output.startswith("dataset://")
+                           else f"dataset://{output}"}
+        return self._operation("DataProcess", name or _op_name(dataset, "process"), spec, namespace, schedule,
+                               run_after, wait, timeout, annotations)
+
+    def clean(self, dataset: str, paths: list[str] | str | None = None, *, name: str | None = None,
+              policy: str = "Once", schedule: str | None = None, run_after: tuple[str, str] | None = None,
+              namespace: str = DEFAULT_NAMESPACE, wait: bool = True, timeout: float = 600.0) -> dict[str, Any]:
+        """Apply a DataClean evicting ``paths`` (paths or globs; None: everything) from the dataset's
+        cache; the source is not touched."""
+        spec: dict[str, Any] = {"dataset": {"name": dataset}, "policy": policy}
+        if paths:
+            spec["target"] = [{"path": item} for item in ([paths] if isinstance(paths, str) else paths)]
+        return self._operation("DataClean", name or _op_name(dataset, "clean"), spec, namespace, schedule,
+                               run_after, wait, timeout)
+
+    clean_up = clean  # Fluid's Python SDK name
+
+    def wait_operation(self, kind: str, name: str, timeout: float = 600.0,
+                       namespace: str = DEFAULT_NAMESPACE) -> dict[str, Any]:
+        """Poll until the operation's current spec has run: Complete returns it, Failed raises
+        OperationFailed with the reason and message, a timeout raises NotReady with its conditions."""
+        plural = kind_of(kind).plural
+        deadline = time.monotonic() + timeout
+        while True:
+            operation = self._call("GET", f"/apis/{plural}/{namespace}/{name}")
+            status = operation.get("status") or {}
+            observed = (status.get("shipyard") or {}).get("observedGeneration")
+            current = observed == (operation.get("metadata") or {}).get("generation")
+            if current and status.get("phase") == "Complete":
+                return operation
+            if current and status.get("phase") == "Failed":
+                raise OperationFailed(f"{kind_of(kind).kind} {name} failed: {conditions_summary(operation)}")
+            if time.monotonic() > deadline:
+                raise NotReady(f"{kind_of(kind).kind} {name} is {status.get('phase') or 'not started'} after "
+                               f"{timeout:g}s: {conditions_summary(operation)}")
+            time.sleep(0.2)
+
+    def _operation(self, kind: str, name: str, spec: dict[str, Any], namespace: str, schedule: str | None,
+                   run_after: tuple[str, str] | None, wait: bool, timeout: float,
+                   annotations: dict[str, str] | None = None) -> dict[str, Any]:
+        if schedule is not None:
+            spec["schedule"] = schedule
+        if run_after is not None:
+            spec["runAfter"] = {"kind": run_after[0], "name": run_after[1]}
+        metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+        if annotations:
+            metadata["annotations"] = annotations
+        api = SHIPYARD_DATA_API if kind == "DataClean" else FLUID_API
+        self.apply([{"apiVersion": api, "kind": kind, "metadata": metadata, "spec": spec}])
+        if not wait:
+            return self.get(kind, name, namespace)  # type: ignore[return-value]
+        return self.wait_operation(kind, name, timeout, namespace)
+
     # -- logs -----------------------------------------------------------------------------------
     def logs(self, name: str, namespace: str = DEFAULT_NAMESPACE, revision: str | None = None, tail: int = 200,
              kind: str = "isvc") -> str:
@@ -203,6 +382,44 @@ class ControlClient:
             raise ControlError(response.status_code, message or f"HTTP {response.status_code}",
                                payload.get("errors") if isinstance(payload, dict) else None)
         return payload
+
+
+def cache_runtime(name: str, namespace: str, cache: dict[str, Any]) -> dict[str, Any]:
+    """A CacheRuntime document (Fluid's generic runtime) from the SDK's ``cache`` shorthand."""
+    known = {"levels", "quota", "medium", "path", "high", "low", "evictionPolicy", "blockSize", "metadataTTL",
+             "verifyReads"}
+    unknown = sorted(set(cache) - known)
+    if unknown:
+        raise ValueError(f"cache: unknown key(s) {', '.join(unknown)}; expected some of {', '.join(sorted(known))}")
+    levels = cache.get("levels") or [{key: cache[key] for key in ("quota", "medium", "path", "high", "low")
+                                      if key in cache}]
+    tiered = []
+    for index, level in enumerate(levels):
+        medium = str(level.get("medium", "SSD")).upper()
+        quota = level.get("quota", "10Gi")
+        if medium == "MEM":
+            entry: dict[str, Any] = {"processMemory": {"quota": quota}}
+        elif medium in ("SSD", "HDD"):
+            entry = {"hostPath": {"paths": [str(level["path"])], "quotas": [quota]}} if level.get("path") else \
+                {"emptyDir": {"quota": quota}}
+        else:
+            raise ValueError(f"cache.levels[{index}].medium: expected MEM, SSD or HDD, got {level.get('medium')!r}")
+        for mark in ("high", "low"):
+            if level.get(mark) is not None:
+                entry[mark] = str(level[mark])
+        tiered.append(entry)
+    options = {key: str(cache[key]).lower() if isinstance(cache[key], bool) else str(cache[key])
+               for key in ("evictionPolicy", "blockSize", "metadataTTL", "verifyReads") if key in cache}
+    spec: dict[str, Any] = {"runtimeClassName": "shipyard", "worker": {"tieredStore": {"levels": tiered}}}
+    if options:
+        spec["options"] = options
+    return {"apiVersion": FLUID_API, "kind": "CacheRuntime", "metadata": {"name": name, "namespace": namespace},
+            "spec": spec}
+
+
+def _op_name(dataset: str, verb: str) -> str:
+    """A fresh operation name: ``<dataset>-<verb>-<6 hex>`` (kept within 63 characters)."""
+    return f"{dataset[:63 - len(verb) - 8]}-{verb}-{uuid.uuid4().hex[:6]}"
 
 
 def with_namespace(document: dict[str, Any], namespace: str) -> dict[str, Any]:

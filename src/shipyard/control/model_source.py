@@ -7,6 +7,10 @@ each holding its own ``storageUri``). How the other predictor fields map onto a 
 - ``storageUri``: a local path or ``file://`` URI is served where it is; ``http(s)://``, ``s3://`` and
   other fsspec URLs are fetched once into ``$SHIPYARD_HOME/cache/models/<hash>/`` (a ``.tar.gz`` or
   ``.zip`` is unpacked there). A folder with ``shipyard.yaml`` is served as a Shipyard package.
+  ``dataset://NAME/path`` reads the files under ``path`` of a Dataset through its cache into
+  ``$SHIPYARD_HOME/cache/models/dataset-<hash>/``, the hash covering each file's version: a second
+  replica or revision of the same files reuses that copy (no source read at all), and a model
+  changed at the source gets a new copy once the dataset's listing shows the new version.
 - ``containerConcurrency: N`` -> ``--max-queue N``: a replica holds at most N waiting requests per
   model and answers 503 + Retry-After beyond that (Knative would park them in its queue-proxy).
   0 or absent means the server's default queue.
@@ -22,6 +26,7 @@ each holding its own ``storageUri``). How the other predictor fields map onto a 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tarfile
@@ -111,8 +116,9 @@ def gateway_settings(predictor: dict[str, Any]) -> tuple[str, float | None]:
     return (protocol if protocol in PROTOCOLS else "v1"), (float(timeout) if valid_timeout else None)
 
 
-def serve_command(isvc: str, predictor: dict[str, Any]) -> ReplicaCommand:
-    """The ``shipyard serve`` arguments for ``predictor`` served as ``isvc`` (remote models are fetched now)."""
+def serve_command(isvc: str, predictor: dict[str, Any], namespace: str = "default") -> ReplicaCommand:
+    """The ``shipyard serve`` arguments for ``predictor`` served as ``isvc`` (remote models are fetched now;
+    ``namespace`` is where a ``dataset://`` storageUri's Dataset lives)."""
     where, model, format_name = predictor_model(predictor)
     warnings: list[str] = []
     runtime = model.get("runtime")
@@ -129,7 +135,7 @@ def serve_command(isvc: str, predictor: dict[str, Any]) -> ReplicaCommand:
     uri = model.get("storageUri")
     if not uri or not isinstance(uri, str):
         raise ModelSourceError(f"{where}.storageUri", "is required: a local path, file://, http(s):// or s3:// URI")
-    path = resolve_storage_uri(uri, f"{where}.storageUri")
+    path = resolve_storage_uri(uri, f"{where}.storageUri", namespace)
     served_format = check_format(path, format_name, isvc, where)
 
     argv = [str(path), "--name", isvc]
@@ -189,9 +195,12 @@ def _environment(items: list[Any], where: str) -> tuple[dict[str, str], list[str
 
 
 # -- storageUri ------------------------------------------------------------------------------------
-def resolve_storage_uri(uri: str, where: str) -> Path:
-    """A local path for ``uri``: local paths as they are, remote ones fetched once into the cache."""
+def resolve_storage_uri(uri: str, where: str, namespace: str = "default") -> Path:
+    """A local path for ``uri``: local paths as they are, remote ones fetched once into the cache,
+    ``dataset://`` through the Dataset's cache (the Dataset of ``namespace``)."""
     parsed = urlparse(uri)
+    if parsed.scheme == "dataset":
+        return _model_in(dataset_copy(uri, where, namespace))
     if parsed.scheme in ("", "file"):
         path = Path(parsed.path if parsed.scheme else uri).expanduser()
         if not path.is_absolute():
@@ -204,6 +213,90 @@ def resolve_storage_uri(uri: str, where: str) -> Path:
     if not folder.is_dir():
         _fetch_into(uri, folder, where)
     return _model_in(folder)
+
+
+def dataset_copy(uri: str, where: str, namespace: str = "default", home: Path | None = None) -> Path:
+    """The files of ``dataset://NAME/path``, read through the Dataset's cache into a models-cache folder
+    keyed by the files' versions (the listing as the dataset's metadata has it)."""
+    from shipyard.control.data_validation import parse_dataset_uri
+
+    try:
+        name, _ = parse_dataset_uri(uri)
+    except ValueError as exc:
+        raise ModelSourceError(where, str(exc)) from None
+    try:
+        cache = open_dataset(name, namespace, home)
+    except (LookupError, ValueError, OSError) as exc:
+        raise ModelSourceError(where, f"{uri}: {exc}") from None
+    try:
+        entries = dataset_entries(cache, uri, where)
+        identity = json.dumps([namespace, uri, [[e.path, e.version, e.size] for e in entries]])
+        folder = (home / "cache" / "models" if home else models_cache()) / \
+            f"dataset-{hashlib.sha256(identity.encode()).hexdigest()[:32]}"
+        if not folder.is_dir():
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            partial = folder.with_name(f".{folder.name}.{os.getpid()}.part")
+            shutil.rmtree(partial, ignore_errors=True)
+            try:
+                copy_dataset_files(cache, uri, entries, partial)
+                try:
+                    os.replace(partial, folder)
+                except OSError:  # another replica's copy finished first: use it
+                    if not folder.is_dir():
+                        raise
+            except OSError as exc:
+                raise ModelSourceError(where, f"cannot read {uri} through its dataset's cache: {exc}") from None
+            finally:
+                shutil.rmtree(partial, ignore_errors=True)
+        return folder
+    finally:
+        cache.close()
+
+
+def open_dataset(name: str, namespace: str = "default", home: Path | None = None) -> Any:
+    """``DatasetCache.open`` (imported here so serving a local model never imports the data layer)."""
+    from shipyard.data.engine import DatasetCache
+
+    return DatasetCache.open(name, namespace, home=home)
+
+
+def dataset_entries(cache: Any, uri: str, where: str) -> list[Any]:
+    """The files a dataset:// URI names: one file, or every file under a folder (or matching a glob)."""
+    from shipyard.control.data_validation import parse_dataset_uri
+    from shipyard.data.operations.watch import resolve_target
+
+    name, path = parse_dataset_uri(uri)
+    try:
+        entries = sorted(resolve_target(cache, path), key=lambda entry: entry.path)
+    except OSError as exc:
+        raise ModelSourceError(where, f"cannot list {uri}: {exc}") from None
+    if not entries:
+        raise ModelSourceError(where, f"{uri}: dataset '{name}' has no file at {path}")
+    return entries
+
+
+def copy_dataset_files(cache: Any, uri: str, entries: list[Any], target: Path) -> int:
+    """Stream ``entries`` (under the URI's path) through the cache into ``target``; returns the bytes copied."""
+    from shipyard.control.data_validation import parse_dataset_uri
+    from shipyard.data.operations.watch import glob_root, has_magic
+
+    _, root = parse_dataset_uri(uri)
+    root = glob_root(root) if has_magic(root) else root
+    target.mkdir(parents=True, exist_ok=True)
+    copied = 0
+    for entry in entries:
+        relative = entry.path.rsplit("/", 1)[-1] if entry.path == root else entry.path[len(root):].lstrip("/")
+        destination = target / relative
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        handle = cache.open_file(entry.path)
+        try:
+            with open(destination, "wb") as out:
+                while chunk := handle.read(1024 * 1024):
+                    out.write(chunk)
+                    copied += len(chunk)
+        finally:
+            handle.close()
+    return copied
 
 
 def _model_in(folder: Path) -> Path:

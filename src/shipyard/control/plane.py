@@ -1,4 +1,5 @@
-"""``shipyard up``: the control plane process (API, gateway, InferenceService and TrainJob controllers, local engine).
+"""``shipyard up``: the control plane process (API, gateway, the InferenceService, TrainJob, Dataset and
+data operation controllers, local engine).
 
 Everything runs on one asyncio loop. State lives in ``$SHIPYARD_HOME/state.db``; other commands
 find a running plane through ``$SHIPYARD_HOME/plane.json`` (written atomically once everything
@@ -8,7 +9,8 @@ listens, removed on a clean exit). One plane per home: it holds an exclusive loc
 
 Stopping: SIGTERM or Ctrl+C stops the API, then the gateway (in-flight requests finish), then
 every replica. A plane killed with SIGKILL leaves its replicas running; the next ``shipyard up``
-adopts them (or restarts the ones that are gone) and serves again from the stored specs.
+adopts them (or restarts the ones that are gone) and serves again from the stored specs. Data
+operations still running at a stop (waited for a few seconds) run again when the plane is back.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from shipyard import __version__
 from shipyard.home import shipyard_home
 
 if TYPE_CHECKING:  # the plane's parts are imported when it starts, so reading plane.json stays cheap
+    from shipyard.control.controllers.dataops import DataOpsController
+    from shipyard.control.controllers.dataset import DatasetController
     from shipyard.control.controllers.inferenceservice import InferenceServiceController
     from shipyard.control.controllers.trainjob import TrainJobController
     from shipyard.control.engines.local import LocalEngine
@@ -116,12 +120,17 @@ class Plane:
         self.controller: InferenceServiceController | None = None
         self.trainjobs: TrainJobController | None = None
         self._train_task: asyncio.Task[None] | None = None
+        self.datasets: DatasetController | None = None
+        self.dataops: DataOpsController | None = None
+        self._data_tasks: list[asyncio.Task[None]] = []
         self.gateway: Gateway | None = None
         self.api_server: HttpServer | None = None
 
     async def start(self) -> dict[str, Any]:
         """Take the lock, listen (API, gateway), adopt replicas, start reconciling; returns plane.json's content."""
         from shipyard.control.api import ControlApi
+        from shipyard.control.controllers.dataops import DataOpsController
+        from shipyard.control.controllers.dataset import DatasetController
         from shipyard.control.controllers.inferenceservice import InferenceServiceController
         from shipyard.control.controllers.rollout import rollout
         from shipyard.control.controllers.trainjob import TrainJobController
@@ -141,10 +150,16 @@ class Plane:
                 stats=gateway.stats, shadow_report=gateway.shadow_report, gateway_url=lambda: gateway.http_url,
             )
             self.trainjobs = trainjobs = TrainJobController(store, self.home)
+            self.dataops = dataops = DataOpsController(store, self.home)
+            self.datasets = datasets = DatasetController(store, self.home, operations=dataops.holders,
+                                                         busy=dataops.busy, release=dataops.release)
+            dataops.resync = datasets.resync
 
             def changed() -> None:
                 controller.wake.set()
                 trainjobs.wake.set()
+                datasets.wake.set()
+                dataops.wake.set()
 
             api = ControlApi(store, rollout, self.home / "logs", on_change=changed)
             self.api_server = api_server = HttpServer(api, options.host, options.api_port, 16 * 1024 * 1024)
@@ -153,12 +168,15 @@ class Plane:
                           f"{options.grpc_port} (gRPC)", "--http-port / --grpc-port")
             await controller.recover()
             await trainjobs.recover()
+            await dataops.recover()
             await controller.reconcile_all()
         except BaseException:
             await self._close()
             raise
         self._loop_task = asyncio.ensure_future(controller.run(self._stop))
         self._train_task = asyncio.ensure_future(trainjobs.run(self._stop))
+        self._data_tasks = [asyncio.ensure_future(datasets.run(self._stop)),
+                            asyncio.ensure_future(dataops.run(self._stop))]
         self.info = {
             "pid": os.getpid(),
             "version": __version__,
@@ -182,8 +200,14 @@ class Plane:
             await self._loop_task
         if self._train_task is not None:
             await self._train_task
+        for task in self._data_tasks:
+            await task
         if self.trainjobs is not None:  # running jobs stop gracefully and stay queued for the next plane
             await self.trainjobs.shutdown()
+        if self.dataops is not None:  # runs still going after a few seconds run again on the next plane
+            await self.dataops.shutdown()
+        if self.datasets is not None:
+            await self.datasets.shutdown()
         if self.gateway is not None:
             await self.gateway.stop(10.0)
             self.gateway = None

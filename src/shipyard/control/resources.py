@@ -33,8 +33,20 @@ TRAIN_JOB = Kind("TrainJob", "trainjobs", ("trainjob", "tj"), (TRAINER_API,))
 TRAINING_RUNTIME = Kind("TrainingRuntime", "trainingruntimes", ("trainingruntime",), (TRAINER_API,))
 CLUSTER_TRAINING_RUNTIME = Kind("ClusterTrainingRuntime", "clustertrainingruntimes", ("clustertrainingruntime",),
                                 (TRAINER_API,), namespaced=False)
+FLUID_API = "data.fluid.io/v1alpha1"
+#: Shipyard's own data kinds (Fluid has no DataClean).
+SHIPYARD_DATA_API = "data.shipyard.io/v1alpha1"
+DATASET = Kind("Dataset", "datasets", ("dataset",), (FLUID_API,))
+CACHE_RUNTIME = Kind("CacheRuntime", "cacheruntimes", ("cacheruntime",), (FLUID_API,))
+DATA_LOAD = Kind("DataLoad", "dataloads", ("dataload", "load"), (FLUID_API,))
+DATA_MIGRATE = Kind("DataMigrate", "datamigrates", ("datamigrate", "migrate"), (FLUID_API,))
+DATA_PROCESS = Kind("DataProcess", "dataprocesses", ("dataprocess",), (FLUID_API,))
+DATA_CLEAN = Kind("DataClean", "datacleans", ("dataclean",), (SHIPYARD_DATA_API,))
+#: The data operations: each runs against a Dataset and reports Fluid's OperationStatus.
+DATA_OPERATIONS: tuple[Kind, ...] = (DATA_LOAD, DATA_MIGRATE, DATA_PROCESS, DATA_CLEAN)
+DATA_KINDS: tuple[Kind, ...] = (DATASET, CACHE_RUNTIME, *DATA_OPERATIONS)
 KINDS: dict[str, Kind] = {kind.kind: kind for kind in
-                          (INFERENCE_SERVICE, TRAIN_JOB, TRAINING_RUNTIME, CLUSTER_TRAINING_RUNTIME)}
+                          (INFERENCE_SERVICE, TRAIN_JOB, TRAINING_RUNTIME, CLUSTER_TRAINING_RUNTIME, *DATA_KINDS)}
 
 
 class UnknownKind(ValueError):

@@ -24,17 +24,20 @@ PRIORITY = "trainer.shipyard.io/priority"
 MAX_RESTARTS = "trainer.shipyard.io/max-restarts"
 PACKAGES = "trainer.shipyard.io/packages"
 ELASTIC = "trainer.shipyard.io/elastic"
+DATASET_CLEAN_AFTER = "trainer.shipyard.io/dataset-clean-after"
 ANNOTATIONS = {
     PRIORITY: "an integer (higher is admitted first; default 0)",
     MAX_RESTARTS: "an integer, 0 or more",
     PACKAGES: 'a JSON list of pip requirements, e.g. ["numpy", "scikit-learn==1.5.2"]',
     ELASTIC: 'torch only: "MIN:MAX" nodes (torchrun --nnodes MIN:MAX)',
+    DATASET_CLEAN_AFTER: '"true" or "false": with a dataset:// dataset initializer, evict its files from the '
+                         "dataset's cache when the job finishes",
 }
 ANNOTATION_PREFIX = "trainer.shipyard.io/"
 
 RUNTIME_KINDS = ("ClusterTrainingRuntime", "TrainingRuntime")
 API_GROUP = "trainer.kubeflow.org"
-URI_SCHEMES = ("file", "http", "https", "s3", "hf")
+URI_SCHEMES = ("file", "http", "https", "s3", "hf", "dataset")
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
 
@@ -73,6 +76,11 @@ def warnings(kind: str, document: dict[str, Any]) -> list[Problem]:
             if ((spec.get("initializer") or {}).get(step) or {}).get("secretRef"):
                 found.append((f"spec.initializer.{step}.secretRef", "ignored: credentials come from the usual "
                               "environment (AWS_*, HF_TOKEN) of the control plane"))
+        uri = ((spec.get("initializer") or {}).get("dataset") or {}).get("storageUri")
+        clean_after = ((document.get("metadata") or {}).get("annotations") or {}).get(DATASET_CLEAN_AFTER)
+        if str(clean_after).lower() == "true" and not (isinstance(uri, str) and uri.startswith("dataset://")):
+            found.append((f"metadata.annotations[{DATASET_CLEAN_AFTER}]", "ignored: it cleans the cache of a "
+                          "dataset:// dataset initializer, and spec.initializer.dataset.storageUri is not one"))
     elif spec.get("podGroupPolicy"):
         found.append(("spec.podGroupPolicy", "not needed: Shipyard's scheduler always admits a job's processes "
                       "together (gang admission)"))
@@ -156,7 +164,13 @@ def _storage_uri_errors(path: str, uri: str) -> list[Problem]:
     scheme = _SCHEME.match(uri)
     if scheme and scheme.group(1).lower() not in URI_SCHEMES:
         return [(path, f"scheme '{scheme.group(1)}://' is not supported; use a local path, file://, http(s)://, "
-                 "s3:// or hf:// (read from the local Hugging Face cache)")]
+                 "s3://, hf:// (read from the local Hugging Face cache) or dataset://NAME/path (through a Dataset's "
+                 "cache)")]
+    if scheme and scheme.group(1).lower() == "dataset":
+        from shipyard.control.data_validation import dataset_uri_error
+
+        problem = dataset_uri_error(uri)
+        return [(path, problem)] if problem else []
     if scheme and scheme.group(1).lower() != "file":
         if scheme.group(1).lower() == "hf" and not uri[len("hf://"):].strip("/"):
             return [(path, "hf:// needs a repository id, e.g. hf://distilbert/distilbert-base-uncased")]
@@ -200,6 +214,10 @@ def _annotation_errors(annotations: Any) -> list[Problem]:
             continue
         if key == MAX_RESTARTS and number < 0:
             problems.append((f"metadata.annotations[{key}]", f"{number} is less than the minimum of 0"))
+    clean_after = annotations.get(DATASET_CLEAN_AFTER)
+    if isinstance(clean_after, str) and clean_after.lower() not in ("true", "false"):
+        problems.append((f"metadata.annotations[{DATASET_CLEAN_AFTER}]", f"{clean_after!r} is not "
+                         f"{ANNOTATIONS[DATASET_CLEAN_AFTER]}"))
     packages = annotations.get(PACKAGES)
     if isinstance(packages, str):
         try:

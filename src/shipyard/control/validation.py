@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shipyard.control import train_validation
-from shipyard.control.resources import INFERENCE_SERVICE, KINDS, Kind, Resource, UnknownKind, kind_of
+from shipyard.control import data_validation, train_validation
+from shipyard.control.resources import DATA_KINDS, INFERENCE_SERVICE, KINDS, Kind, Resource, UnknownKind, kind_of
 
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 SCHEMA_FILES = {
@@ -32,6 +32,12 @@ SCHEMA_FILES = {
     "TrainJob": "trainjob.v1alpha1.json.gz",
     "TrainingRuntime": "trainingruntime.v1alpha1.json.gz",
     "ClusterTrainingRuntime": "clustertrainingruntime.v1alpha1.json.gz",
+    "Dataset": "dataset.v1alpha1.json.gz",
+    "CacheRuntime": "cacheruntime.v1alpha1.json.gz",
+    "DataLoad": "dataload.v1alpha1.json.gz",
+    "DataMigrate": "datamigrate.v1alpha1.json.gz",
+    "DataProcess": "dataprocess.v1alpha1.json.gz",
+    "DataClean": "dataclean.v1alpha1.json",  # Shipyard's own, plain JSON
 }
 
 #: KServe's InferenceService name rule (a DNS-1035 label: starts with a letter).
@@ -45,7 +51,7 @@ MODEL_FORMATS = ("sklearn", "xgboost", "lightgbm", "onnx", "pytorch", "huggingfa
 FRAMEWORK_FIELDS = ("sklearn", "xgboost", "lightgbm", "onnx", "pytorch", "huggingface")
 UNSUPPORTED_FRAMEWORKS = ("tensorflow", "triton", "pmml", "paddle")
 PROTOCOLS = ("v1", "v2", "grpc-v2")
-URI_SCHEMES = ("file", "http", "https", "s3")
+URI_SCHEMES = ("file", "http", "https", "s3", "dataset")
 
 #: Predictor fields the local engine acts on; any other one set gets a warning.
 HONOURED_PREDICTOR = {
@@ -121,6 +127,14 @@ def validate(document: Any) -> ValidatedResource:
     schema_errors = [error for error in _schema_errors(kind, document) if error.path not in named]
     errors += schema_errors
     spec = document.get("spec")
+    if kind in DATA_KINDS:  # Fluid's kinds and DataClean: data_validation.py
+        flagged = {error.path for error in schema_errors}
+        errors += [FieldError(path, message) for path, message in data_validation.errors(kind.kind, document)
+                   if path not in flagged]
+        if errors:
+            raise ValidationError(_unique(errors))
+        warnings = [FieldError(path, message) for path, message in data_validation.warnings(kind.kind, document)]
+        return ValidatedResource(Resource.from_document(document), warnings)
     if kind is not INFERENCE_SERVICE:  # the trainer kinds have their own rules
         flagged = {error.path for error in schema_errors}
         errors += [FieldError(path, message) for path, message in train_validation.errors(kind.kind, document)
@@ -226,8 +240,9 @@ def _annotation_errors(annotations: Any) -> list[FieldError]:
 # -- the upstream schema --------------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def schema_of(kind: str) -> dict[str, Any]:
-    """The vendored upstream openAPIV3Schema of a kind."""
-    with gzip.open(SCHEMA_DIR / SCHEMA_FILES[kind], "rb") as handle:
+    """The vendored upstream openAPIV3Schema of a kind (Shipyard's own kinds: plain JSON)."""
+    path = SCHEMA_DIR / SCHEMA_FILES[kind]
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as handle:
         return json.load(handle)
 
 
@@ -379,7 +394,7 @@ def _predictor_form_errors(predictor: dict[str, Any]) -> list[FieldError]:
         uri = container.get("storageUri")
         if uri is None:
             errors.append(FieldError(f"{path}.storageUri", "required field is missing; set a local path, file://, "
-                                     "http(s):// or s3:// URI (or a Shipyard package folder)"))
+                                     "http(s)://, s3:// or dataset:// URI (or a Shipyard package folder)"))
         elif isinstance(uri, str):
             errors += _storage_uri_errors(f"{path}.storageUri", uri, model_format)
         protocol = container.get("protocolVersion")
@@ -393,7 +408,10 @@ def _storage_uri_errors(path: str, uri: str, model_format: str) -> list[FieldErr
     scheme = _SCHEME.match(uri)
     if scheme and scheme.group(1).lower() not in URI_SCHEMES:
         return [FieldError(path, f"scheme '{scheme.group(1)}://' is not supported; use a local path, file://, "
-                           "http://, https:// or s3://")]
+                           "http://, https://, s3:// or dataset://NAME/path (through a Dataset's cache)")]
+    if scheme and scheme.group(1).lower() == "dataset":
+        problem = data_validation.dataset_uri_error(uri)
+        return [FieldError(path, problem)] if problem else []
     if scheme and scheme.group(1).lower() != "file":
         return []
     local = Path(uri[len("file://"):] if scheme else uri)
@@ -489,7 +507,8 @@ def _unique(errors: list[FieldError]) -> list[FieldError]:
 # -- paths relative to a file ----------------------------------------------------------------------
 def resolve_storage_paths(document: Any, base: Path) -> Any:
     """Make relative local paths absolute against ``base`` (a YAML file's folder): a predictor's or an
-    initializer's ``storageUri``, and a TrainJob's script (``command: [python, train.py]``).
+    initializer's ``storageUri``, a TrainJob's script (``command: [python, train.py]``), a Dataset's
+    ``mountPoint`` and a DataMigrate's ``externalStorage.uri``.
 
     The control plane runs elsewhere, so only the client knows what a relative path meant. Returns
     the document (changed in place); anything that is not a relative local path is left alone.
@@ -500,11 +519,17 @@ def resolve_storage_paths(document: Any, base: Path) -> Any:
     containers = [predictor.get(form) for form in ("model", *FRAMEWORK_FIELDS)] if isinstance(predictor, dict) else []
     if isinstance(initializer, dict):  # a TrainJob's dataset and model initializers
         containers += [initializer.get("dataset"), initializer.get("model")]
-    for container in containers:
-        uri = container.get("storageUri") if isinstance(container, dict) else None
+    places = [(container, "storageUri") for container in containers]
+    if isinstance(document, dict) and document.get("kind") == "Dataset" and isinstance(spec, dict):
+        places += [(mount, "mountPoint") for mount in spec.get("mounts") or []]
+    if isinstance(document, dict) and document.get("kind") == "DataMigrate" and isinstance(spec, dict):
+        places += [((spec.get(side) or {}).get("externalStorage"), "uri") for side in ("from", "to")
+                   if isinstance(spec.get(side), dict)]
+    for container, key in places:
+        uri = container.get(key) if isinstance(container, dict) else None
         if not isinstance(uri, str) or not uri or _SCHEME.match(uri) or Path(uri).is_absolute():
             continue
-        container["storageUri"] = str((base / Path(uri).expanduser()).resolve())
+        container[key] = str((base / Path(uri).expanduser()).resolve())
     trainer = spec.get("trainer") if isinstance(spec, dict) else None
     command = trainer.get("command") if isinstance(trainer, dict) else None
     if isinstance(command, list):  # [python, train.py, ...]: the script next to the YAML file

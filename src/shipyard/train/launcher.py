@@ -122,7 +122,8 @@ class JobRun:
         job = self.job
         devices = {} if job.devices is None else {"CUDA_VISIBLE_DEVICES": ",".join(job.devices[node])}
         return {
-            **os.environ, **job.env, **devices,
+            # dataset://NAME/... in the training code resolves in the job's namespace unless its env says otherwise
+            **os.environ, "SHIPYARD_NAMESPACE": job.namespace, **job.env, **devices,
             "PYTHONUNBUFFERED": "1",
             "SHIPYARD_JOB_DIR": str(job.workdir),
             "SHIPYARD_CHECKPOINT_DIR": str(job.checkpoint_dir),

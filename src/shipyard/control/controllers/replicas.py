@@ -152,7 +152,7 @@ class Replicas:
         stored = next((r for r in self.store.revisions(namespace, isvc) if r.name == revision), None)
         if stored is None:
             raise ValueError(f"revision {revision} is not recorded")
-        command = await asyncio.to_thread(serve_command, isvc, stored.spec)
+        command = await asyncio.to_thread(serve_command, isvc, stored.spec, namespace)
         for message in command.warnings:
             self.store.event(KIND, namespace, isvc, "Warning", "FieldIgnored", f"{revision}: {message}")
         self._commands[(namespace, revision)] = command

@@ -32,12 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.control import scheduler
-from shipyard.control.controllers.initializers import InitializerError, initialize
+from shipyard.control.controllers.initializers import InitializerError, clean_dataset, initialize
 from shipyard.control.controllers.loop import reconcile_loop
 from shipyard.control.controllers.status import condition
 from shipyard.control.resources import CLUSTER_TRAINING_RUNTIME, TRAIN_JOB, TRAINING_RUNTIME, Resource, canonical_json
 from shipyard.control.store import Store
-from shipyard.control.train_validation import priority_of
+from shipyard.control.train_validation import DATASET_CLEAN_AFTER, priority_of
 
 log = logging.getLogger("shipyard.control")
 
@@ -116,6 +116,7 @@ class TrainJobController:
             own.update(state="Queued", attempt=0, restarts=0, queuedAt=time.time())
         elif state in FINISHED:
             self._stop_tracking(key)
+            self._clean_dataset_after(resource, own)
         elif resource.spec.get("suspend"):
             if state != "Suspended":
                 await self._suspend(resource, own)
@@ -215,7 +216,8 @@ class TrainJobController:
                 uri = ((resource.spec.get("initializer") or {}).get(field_name) or {}).get("storageUri")
                 if uri:
                     self._event(resource, "Normal", "InitializerStarted", f"{step}: {uri}")
-                    await asyncio.to_thread(initialize, uri, job.workdir / field_name, logs / f"{step}.log")
+                    await asyncio.to_thread(initialize, uri, job.workdir / field_name, logs / f"{step}.log",
+                                            namespace=resource.namespace, home=self.home)
             run = JobRun(job, logs, self.home)
             await asyncio.to_thread(run.start)
             active.run = run
@@ -260,6 +262,19 @@ class TrainJobController:
             # The outcome's message names the step that failed first and how (its reason is only "Error").
             self._failed_run(resource, own, "TrainerFailed", getattr(outcome, "message", "")
                              or getattr(outcome, "reason", "") or "a process failed")
+
+    def _clean_dataset_after(self, resource: Resource, own: dict[str, Any]) -> None:
+        """``trainer.shipyard.io/dataset-clean-after: "true"``: evict a dataset:// initializer's files from the
+        dataset's cache once the job finished (in the background; logged in the dataset-initializer log)."""
+        uri = ((resource.spec.get("initializer") or {}).get("dataset") or {}).get("storageUri")
+        wanted = str(resource.annotations.get(DATASET_CLEAN_AFTER, "")).lower() == "true"
+        if not wanted or not isinstance(uri, str) or not uri.startswith("dataset://") or own.get("datasetCleaned"):
+            return
+        own["datasetCleaned"] = True
+        log_path = self.logs_dir / resource.namespace / resource.name / "dataset-initializer.log"
+        asyncio.ensure_future(asyncio.to_thread(clean_dataset, uri, log_path, namespace=resource.namespace,
+                                                home=self.home))
+        self._event(resource, "Normal", "DatasetCleaned", f"evicting {uri} from the dataset's cache")
 
     def _failed_run(self, resource: Resource, own: dict[str, Any], reason: str, message: str) -> None:
         """A failed attempt: restart with backoff while restarts are left, else the job fails."""
