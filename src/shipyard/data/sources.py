@@ -12,7 +12,7 @@ import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 from shipyard.data.spec import Mount, SecretRef, normalize_dataset_path
 
@@ -334,30 +334,25 @@ class Sources:
 
     def write(self, path: str, data: bytes) -> FileEntry:
         """Write a whole file to its mount; PermissionError when the mount is readOnly."""
-        mount, relative = self.writable(path)
-        fs = self.filesystem(mount)
-        url = self.url(mount, relative)
-        try:
-            parent = self.fs_path(mount, relative).rsplit("/", 1)[0]
-            if parent and _is_local(fs):
-                fs.makedirs(parent, exist_ok=True)
-            fs.pipe_file(self.fs_path(mount, relative), data)
-        except Exception as error:  # noqa: BLE001
-            raise source_error(url, "write", error) from error
-        return self.info(path)
+        return self._upload(path, "write", lambda fs, target: fs.pipe_file(target, data))
 
     def put(self, local: str, path: str) -> FileEntry:
         """Upload a local file to its mount."""
+        return self._upload(path, "upload to", lambda fs, target: fs.put_file(local, target))
+
+    def _upload(self, path: str, verb: str, send: Callable[[Any, str], None]) -> FileEntry:
+        """``send(fs, target)`` into the mount holding ``path`` (its parent folder made first when local)."""
         mount, relative = self.writable(path)
         fs = self.filesystem(mount)
         url = self.url(mount, relative)
+        target = self.fs_path(mount, relative)
         try:
-            parent = self.fs_path(mount, relative).rsplit("/", 1)[0]
+            parent = target.rsplit("/", 1)[0]
             if parent and _is_local(fs):
                 fs.makedirs(parent, exist_ok=True)
-            fs.put_file(local, self.fs_path(mount, relative))
+            send(fs, target)
         except Exception as error:  # noqa: BLE001
-            raise source_error(url, "upload to", error) from error
+            raise source_error(url, verb, error) from error
         return self.info(path)
 
     def writable(self, path: str) -> tuple[Mount, str]:

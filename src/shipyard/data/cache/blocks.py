@@ -29,6 +29,7 @@ from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from shipyard.data.cache.index import BlockRow, Index
 from shipyard.data.cache.policy import Policy
@@ -313,15 +314,9 @@ class BlockStore:
 
     def _write(self, tier: Tier, key: str, data: bytes) -> None:
         """Write a block file atomically: tmp file, then rename into place."""
-        tmp = tier.tmp / f"{os.getpid()}-{uuid.uuid4().hex}"
         final = tier.block_path(key)
         final.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._write_tmp(tmp, data)
-            os.replace(tmp, final)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        _place(tier.tmp, final, lambda tmp: self._write_tmp(tmp, data))
 
     @staticmethod
     def _write_tmp(tmp: Path, data: bytes) -> None:
@@ -383,13 +378,7 @@ class BlockStore:
         except OSError as error:
             if error.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP):
                 raise
-            tmp = below.tmp / f"{os.getpid()}-{uuid.uuid4().hex}"
-            try:
-                shutil.copyfile(source, tmp)
-                os.replace(tmp, target)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+            _place(below.tmp, target, lambda tmp: shutil.copyfile(source, tmp))
         if not self.index.move_block(row.key, row.tier, below.index):
             target.unlink(missing_ok=True)
             return False
@@ -480,6 +469,17 @@ def _reset_after_fork() -> None:
 
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_reset_after_fork)
+
+
+def _place(tmp_dir: Path, final: Path, fill: Callable[[Path], Any]) -> None:
+    """``fill`` a temporary file in ``tmp_dir``, then rename it to ``final``: a half-written block is never seen."""
+    tmp = tmp_dir / f"{os.getpid()}-{uuid.uuid4().hex}"
+    try:
+        fill(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _pread_all(fd: int, size: int) -> bytes:
