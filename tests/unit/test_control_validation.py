@@ -123,11 +123,13 @@ def test_kserve_example_unmodified_is_refused_for_its_gs_scheme():
                                            "https://, s3:// or dataset://NAME/path (through a Dataset's cache)"}
 
 
-def test_kserve_v2_example_warns_about_runtime_and_resources(model_dir):
+def test_kserve_v2_example_warns_about_runtime_and_resource_limits(model_dir):
     assert warnings_of(local(KSERVE_SKLEARN_V2, model_dir)) == {
         "spec.predictor.model.runtime": "'kserve-sklearnserver' is not used: Shipyard serves the model with its own "
                                         "runtime for the format",
-        "spec.predictor.model.resources": "not enforced locally (replicas are processes on this machine)",
+        "spec.predictor.model.resources.limits": "cpu and memory limits are not enforced locally (replicas are "
+                                                 "processes on this machine); requests (or limits without requests) "
+                                                 "set the cpu/memory autoscaling targets",
     }
 
 
@@ -381,11 +383,14 @@ def test_all_errors_come_at_once(model_dir):
 def test_fields_not_honoured_yet_are_warned_with_their_issue(model_dir):
     document = local(KSERVE_SKLEARN, model_dir)
     document["metadata"]["annotations"] = {"serving.kserve.io/deploymentMode": "Serverless",
-                                           "example.com/team": "ml", "serving.shipyard.io/shadow-percnt": "5"}
+                                           "example.com/team": "ml", "serving.shipyard.io/shadow-percnt": "5",
+                                           "autoscaling.knative.dev/class": "kpa.autoscaling.knative.dev",
+                                           "autoscaling.knative.dev/windw": "10s",
+                                           "autoscaling.knative.dev/target-burst-capacity": "200"}
     predictor = document["spec"]["predictor"]
     predictor.update({"minReplicas": 0, "maxReplicas": 4, "scaleMetric": "concurrency", "scaleTarget": 5,
-                      "autoScaling": {"metrics": []}, "logger": {"mode": "all", "url": "http://dumper"},
-                      "nodeSelector": {"gpu": "yes"}})
+                      "scaleMetricType": "AverageValue", "autoScaling": {"metrics": []},
+                      "logger": {"mode": "all", "url": "http://dumper"}, "nodeSelector": {"gpu": "yes"}})
     predictor["model"]["env"] = [{"name": "OMP_NUM_THREADS", "value": "1"}]
     document["spec"]["transformer"] = {"containers": [{"name": "kserve-container", "image": "me/transformer"}]}
     document["spec"]["explainer"] = {"art": {"type": "SquareAttack"}}
@@ -393,26 +398,75 @@ def test_fields_not_honoured_yet_are_warned_with_their_issue(model_dir):
         "spec.transformer": "accepted but not honoured yet: transformers arrive with issue 10",
         "spec.explainer": "accepted but not honoured yet: explainers arrive with issue 10",
         "spec.predictor.logger": "accepted but not honoured yet: payload logging arrives with issue 10",
-        "spec.predictor.scaleMetric": "accepted but not honoured yet: autoscaling arrives with issue 9",
-        "spec.predictor.scaleTarget": "accepted but not honoured yet: autoscaling arrives with issue 9",
-        "spec.predictor.autoScaling": "accepted but not honoured yet: autoscaling arrives with issue 9",
-        "spec.predictor.minReplicas": "0 (scale to zero) is not honoured yet: it arrives with issue 9; one replica "
-                                      "runs",
-        "spec.predictor.maxReplicas": "autoscaling is not honoured yet (issue 9); 1 (minReplicas) replica runs",
+        "spec.predictor.scaleMetricType": "'AverageValue' is not honoured: cpu and memory targets are a percentage "
+                                          "of the container's request (of one core without a cpu request; MiB per "
+                                          "replica without a memory request)",
+        "spec.predictor.autoScaling": "not honoured: set scaleMetric and scaleTarget (and Knative's "
+                                      "autoscaling.knative.dev/ annotations)",
         "spec.predictor.nodeSelector": "not honoured by the local engine (replicas are processes on this machine)",
         "spec.predictor.model.env": "not honoured by the local engine",
         "metadata.annotations[serving.shipyard.io/shadow-percnt]": "unknown Shipyard annotation; did you mean "
                                                                    "'serving.shipyard.io/shadow-percent'?",
+        "metadata.annotations[autoscaling.knative.dev/class]": "not honoured: the autoscaler follows scaleMetric "
+                                                               "(Knative's KPA for concurrency and rps, HPA-style "
+                                                               "for cpu and memory)",
+        "metadata.annotations[autoscaling.knative.dev/target-burst-capacity]": "not honoured by Shipyard's "
+                                                                               "autoscaler (docs/deployments.md "
+                                                                               "lists the autoscaling.knative.dev/ "
+                                                                               "annotations it reads)",
+        "metadata.annotations[autoscaling.knative.dev/windw]": "not honoured by Shipyard's autoscaler; did you mean "
+                                                               "'autoscaling.knative.dev/window'?",
     }
 
 
-def test_several_replicas_without_autoscaling_warn_only_about_max(model_dir):
+def test_autoscaling_fields_are_honoured_without_warnings(model_dir):
     document = local(KSERVE_SKLEARN, model_dir)
-    document["spec"]["predictor"].update({"minReplicas": 2, "maxReplicas": 2})
+    document["metadata"]["annotations"] = {
+        "autoscaling.knative.dev/window": "6s", "autoscaling.knative.dev/panic-window-percentage": "20",
+        "autoscaling.knative.dev/scale-to-zero-grace-period": "1s", "autoscaling.knative.dev/initial-scale": "0",
+        "serving.shipyard.io/autoscale-tick": "200ms", "serving.shipyard.io/activator-queue": "10",
+        "serving.shipyard.io/activator-timeout": "5s"}
+    predictor = document["spec"]["predictor"]
+    predictor.update({"minReplicas": 0, "maxReplicas": 4, "scaleMetric": "rps", "scaleTarget": 5,
+                      "scaleMetricType": "Utilization"})
+    predictor["model"]["resources"] = {"requests": {"cpu": "500m", "memory": "1Gi"}}
     assert warnings_of(document) == {}
-    document["spec"]["predictor"]["maxReplicas"] = 5
-    assert warnings_of(document) == {"spec.predictor.maxReplicas": "autoscaling is not honoured yet (issue 9); "
-                                                                   "2 (minReplicas) replicas run"}
+    del document["metadata"]["annotations"]["autoscaling.knative.dev/initial-scale"]
+    document["spec"]["predictor"].update({"minReplicas": 2, "maxReplicas": 5})
+    assert warnings_of(document) == {}
+
+
+def test_autoscaling_errors_name_their_field(model_dir):
+    document = local(KSERVE_SKLEARN, model_dir)
+    document["metadata"]["annotations"] = {
+        "autoscaling.knative.dev/window": "soon", "autoscaling.knative.dev/panic-threshold-percentage": "50",
+        "autoscaling.knative.dev/max-scale-down-rate": "1", "serving.shipyard.io/autoscale-tick": "0s",
+        "serving.shipyard.io/activator-queue": "-1", "autoscaling.knative.dev/initial-scale": "0"}
+    document["spec"]["predictor"].update({"minReplicas": 0, "scaleMetric": "cpu"})
+    assert errors_of(document) == {
+        "metadata.annotations[autoscaling.knative.dev/window]": "'soon' is not a duration; expected e.g. 500ms, 6s, "
+                                                                "1m, 1h or a number of seconds",
+        "metadata.annotations[autoscaling.knative.dev/panic-threshold-percentage]": "'50' is out of range; expected "
+                                                                                    "between 110 and 1000",
+        "metadata.annotations[autoscaling.knative.dev/max-scale-down-rate]": "'1' is out of range; expected greater "
+                                                                             "than 1",
+        "metadata.annotations[serving.shipyard.io/autoscale-tick]": "'0s' is out of range; expected at least 10ms "
+                                                                    "and at most 60s",
+        "metadata.annotations[serving.shipyard.io/activator-queue]": "-1 is less than the minimum of 1",
+        "spec.predictor.minReplicas": "0 (scale to zero) needs scaleMetric concurrency or rps: cpu is scaled "
+                                      "HPA-style, which keeps at least one replica (set minReplicas to 1 or more, "
+                                      "or scale on concurrency)",
+        "metadata.annotations[autoscaling.knative.dev/initial-scale]": "0 needs minReplicas 0 (scale to zero, with "
+                                                                       "scaleMetric concurrency or rps)",
+    }
+
+
+def test_schema_errors_on_autoscaling_fields_are_not_repeated(model_dir):
+    document = local(KSERVE_SKLEARN, model_dir)
+    document["spec"]["predictor"].update({"scaleMetric": "latency", "scaleTarget": "ten"})
+    errors = errors_of(document)
+    assert set(errors) == {"spec.predictor.scaleMetric", "spec.predictor.scaleTarget"}
+    assert errors["spec.predictor.scaleMetric"].startswith("'latency' is not one of")
 
 
 def test_a_document_is_not_changed_by_validation(model_dir):

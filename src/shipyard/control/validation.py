@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from shipyard.control import data_validation, train_validation
+from shipyard.control.autoscaler import config as autoscaling
 from shipyard.control.resources import DATA_KINDS, INFERENCE_SERVICE, KINDS, Kind, Resource, UnknownKind, kind_of
 
 SCHEMA_DIR = Path(__file__).with_name("schemas")
@@ -56,7 +57,7 @@ URI_SCHEMES = ("file", "http", "https", "s3", "dataset")
 #: Predictor fields the local engine acts on; any other one set gets a warning.
 HONOURED_PREDICTOR = {
     "model", *FRAMEWORK_FIELDS, "minReplicas", "maxReplicas", "containerConcurrency", "timeout", "batcher",
-    "canaryTrafficPercent", "labels", "annotations",
+    "canaryTrafficPercent", "labels", "annotations", "scaleMetric", "scaleTarget", "scaleMetricType", "autoScaling",
 }
 #: Fields of the model container (``model`` or a framework field) the local engine acts on.
 HONOURED_CONTAINER = {"modelFormat", "storageUri", "protocolVersion", "runtime", "name"}
@@ -65,10 +66,6 @@ LATER = {
     "transformer": "transformers arrive with issue 10",
     "explainer": "explainers arrive with issue 10",
     "predictor.logger": "payload logging arrives with issue 10",
-    "predictor.scaleMetric": "autoscaling arrives with issue 9",
-    "predictor.scaleMetricType": "autoscaling arrives with issue 9",
-    "predictor.scaleTarget": "autoscaling arrives with issue 9",
-    "predictor.autoScaling": "autoscaling arrives with issue 9",
 }
 
 SHIPYARD_ANNOTATIONS = "serving.shipyard.io/"
@@ -81,6 +78,8 @@ ANNOTATIONS: dict[str, tuple[str, float, float]] = {
     "serving.shipyard.io/rollback-max-p99-ms": ("number", 0, float("inf")),
     "serving.shipyard.io/rollback-window-s": ("number", 1, float("inf")),
     "serving.shipyard.io/rollback-min-requests": ("integer", 1, float("inf")),
+    # the autoscaler's (autoscaler/config.py checks them, with Knative's autoscaling.knative.dev/ ones)
+    **{key: ("autoscaling", 0, 0) for key in autoscaling.SHIPYARD_ANNOTATIONS},
 }
 
 _INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
@@ -149,7 +148,11 @@ def validate(document: Any) -> ValidatedResource:
         flagged = {error.path for error in schema_errors}
         errors += [error for error in _shipyard_errors(spec) if error.path not in flagged]
         metadata = document.get("metadata")
-        errors += _annotation_errors(metadata.get("annotations") if isinstance(metadata, dict) else None)
+        annotations = metadata.get("annotations") if isinstance(metadata, dict) else None
+        errors += _annotation_errors(annotations)
+        flagged = {error.path for error in errors}
+        errors += [FieldError(path, message) for path, message in
+                   autoscaling.config_problems(spec.get("predictor"), annotations) if path not in flagged]
     if errors:
         raise ValidationError(_unique(errors))
     return ValidatedResource(Resource.from_document(document), _warnings(document))
@@ -219,7 +222,7 @@ def _annotation_errors(annotations: Any) -> list[FieldError]:
         return errors
     for key, (kind, low, high) in ANNOTATIONS.items():
         value = annotations.get(key)
-        if not isinstance(value, str):
+        if not isinstance(value, str) or kind == "autoscaling":
             continue
         path = f"metadata.annotations[{key}]"
         if kind == "text":
@@ -467,13 +470,8 @@ def _warnings(document: dict[str, Any]) -> list[FieldError]:
         if isinstance(holder, dict) and leaf in holder:
             warnings.append(FieldError(f"spec.{path}", f"accepted but not honoured yet: {why}"))
     predictor = spec.get("predictor") or {}
-    if predictor.get("minReplicas") == 0:
-        warnings.append(FieldError("spec.predictor.minReplicas", "0 (scale to zero) is not honoured yet: it arrives "
-                                   "with issue 9; one replica runs"))
-    replicas = max(predictor.get("minReplicas") or 1, 1)
-    if isinstance(predictor.get("maxReplicas"), int) and predictor["maxReplicas"] > replicas:
-        warnings.append(FieldError("spec.predictor.maxReplicas", f"autoscaling is not honoured yet (issue 9); "
-                                   f"{replicas} (minReplicas) {'replicas run' if replicas > 1 else 'replica runs'}"))
+    annotations = (document.get("metadata") or {}).get("annotations") or {}
+    warnings += _autoscaling_warnings(predictor, annotations)
     for key in predictor:
         if key not in HONOURED_PREDICTOR and f"predictor.{key}" not in LATER and key not in UNSUPPORTED_FRAMEWORKS:
             warnings.append(FieldError(f"spec.predictor.{key}", "not honoured by the local engine (replicas are "
@@ -488,16 +486,53 @@ def _warnings(document: dict[str, Any]) -> list[FieldError]:
                                        "the model with its own runtime for the format"))
         for key in container:
             if key == "resources":
-                warnings.append(FieldError(f"spec.predictor.{form}.resources", "not enforced locally (replicas are "
-                                           "processes on this machine)"))
+                warnings += _resources_warnings(f"spec.predictor.{form}.resources", container[key])
             elif key not in HONOURED_CONTAINER:
                 warnings.append(FieldError(f"spec.predictor.{form}.{key}", "not honoured by the local engine"))
-    annotations = (document.get("metadata") or {}).get("annotations") or {}
     for key in annotations:
         if key.startswith(SHIPYARD_ANNOTATIONS) and key not in ANNOTATIONS:
             hint = _did_you_mean(key, list(ANNOTATIONS)) or f"; Shipyard reads {', '.join(ANNOTATIONS)}"
             warnings.append(FieldError(f"metadata.annotations[{key}]", f"unknown Shipyard annotation{hint}"))
     return warnings
+
+
+def _autoscaling_warnings(predictor: dict[str, Any], annotations: dict[str, Any]) -> list[FieldError]:
+    """KServe's autoscaling fields and Knative's annotations Shipyard's autoscaler does not read."""
+    warnings = []
+    metric_type = predictor.get("scaleMetricType")
+    if metric_type is not None and metric_type != "Utilization":
+        warnings.append(FieldError("spec.predictor.scaleMetricType", f"'{metric_type}' is not honoured: cpu and "
+                                   "memory targets are a percentage of the container's request (of one core without "
+                                   "a cpu request; MiB per replica without a memory request)"))
+    if "autoScaling" in predictor:
+        warnings.append(FieldError("spec.predictor.autoScaling", "not honoured: set scaleMetric and scaleTarget (and "
+                                   "Knative's autoscaling.knative.dev/ annotations)"))
+    names = [key[len(autoscaling.KNATIVE):] for key in autoscaling.KNATIVE_ANNOTATIONS]
+    for key in annotations:
+        if not key.startswith(autoscaling.KNATIVE) or key in autoscaling.KNATIVE_ANNOTATIONS:
+            continue
+        path, name = f"metadata.annotations[{key}]", key[len(autoscaling.KNATIVE):]
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
+        if name == "class":
+            message = ("not honoured: the autoscaler follows scaleMetric (Knative's KPA for concurrency and rps, "
+                       "HPA-style for cpu and memory)")
+        elif close:
+            message = f"not honoured by Shipyard's autoscaler; did you mean '{autoscaling.KNATIVE}{close[0]}'?"
+        else:
+            message = ("not honoured by Shipyard's autoscaler (docs/deployments.md lists the autoscaling.knative.dev/ "
+                       "annotations it reads)")
+        warnings.append(FieldError(path, message))
+    return warnings
+
+
+def _resources_warnings(path: str, resources: Any) -> list[FieldError]:
+    """Requests set the cpu/memory autoscaling targets; limits are not enforced on local processes."""
+    limits = resources.get("limits") if isinstance(resources, dict) else None
+    if isinstance(limits, dict) and ({"cpu", "memory"} & set(limits)):
+        return [FieldError(f"{path}.limits", "cpu and memory limits are not enforced locally (replicas are processes "
+                           "on this machine); requests (or limits without requests) set the cpu/memory autoscaling "
+                           "targets")]
+    return []
 
 
 def _unique(errors: list[FieldError]) -> list[FieldError]:
