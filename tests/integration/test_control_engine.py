@@ -69,6 +69,10 @@ def test_start_ready_adopt_sweep_and_stop(tmp_path, artifacts):
             assert await successor.sweep(kept) == []
             assert await successor.sweep({other.spec.replica_id}) == [handle.pid]  # not kept: stopped
             assert not successor.alive(adopted)
+            for _ in range(200):  # the first engine reaps its child a moment after the successor stopped it
+                if engine.exit_code(handle) is not None:
+                    break
+                await asyncio.sleep(0.05)
             assert engine.exit_code(handle) is not None and not engine.alive(handle)
 
             await _until_ready(engine, other)  # a plain stop: SIGTERM, the replica drains and exits
