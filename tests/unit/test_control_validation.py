@@ -506,3 +506,14 @@ def test_a_trainjob_script_next_to_the_yaml_is_made_absolute(tmp_path):
     document = {"kind": "TrainJob", "spec": {"trainer": {"command": ["python", "train.py", "--out", "model.py"]}}}
     resolved = resolve_storage_paths(document, tmp_path)
     assert resolved["spec"]["trainer"]["command"] == ["python", str(tmp_path / "train.py"), "--out", "model.py"]
+
+
+def test_replica_resources_and_gpu_memory_are_checked_at_apply(model_dir):
+    document = local(KSERVE_SKLEARN, model_dir)
+    document["spec"]["predictor"]["model"]["resources"] = {"requests": {"nvidia.com/gpu": "0.5"}}
+    assert "whole number of GPUs" in errors_of(document)["spec.predictor.model.resources.requests.nvidia.com/gpu"]
+    document["spec"]["predictor"]["model"]["resources"] = {"requests": {"cpu": "1"}}
+    document["metadata"]["annotations"] = {"serving.shipyard.io/gpu-memory": "lots"}
+    assert "serving.shipyard.io/gpu-memory" in " ".join(errors_of(document))
+    document["metadata"]["annotations"] = {"serving.shipyard.io/gpu-memory": "8Gi"}
+    assert "metadata.annotations[serving.shipyard.io/gpu-memory]" not in warnings_of(document)

@@ -480,6 +480,15 @@ def describe_text(described: dict[str, Any]) -> str:
         lines.append(_indented(table(["REVISION", "#", "PID", "STATE", "RESTARTS", "URL", "LAST EXIT"], [
             [r["revision"], str(r["index"]), str(r.get("pid") or ""), r["state"], str(r["restarts"]),
              r.get("http_url") or "", r.get("last_exit") or ""] for r in replicas]), 2))
+    scaling = ((described.get("status") or {}).get("shipyard") or {}).get("autoscaling") or {}
+    if scaling:
+        lines.append("Autoscaling:")
+        lines.append(_indented(table(
+            ["REVISION", "DESIRED", "READY", "PENDING", "METRIC", "VALUE", "TARGET", "PANIC", "COLD START"],
+            [[revision, str(a.get("desired", "")), str(a.get("actual", "")), str(a.get("pending") or 0),
+              str(a.get("metric", "")), _number(a.get("value")), f"{_number(a.get('target'))} {a.get('targetUnit', '')}",
+              "yes" if a.get("panic") else "no", _cold_start(a.get("coldStartSeconds"))]
+             for revision, a in sorted(scaling.items())]), 2))
     events = described.get("events") or []
     lines.append("Events:" + ("" if events else "       <none>"))
     if events:
@@ -560,6 +569,16 @@ def logs(
 
 
 # -- text helpers -------------------------------------------------------------------------------------
+def _number(value: Any) -> str:
+    return "—" if value is None else f"{value:g}" if isinstance(value, (int, float)) else str(value)
+
+
+def _cold_start(seconds: Any) -> str:
+    if not isinstance(seconds, dict) or not seconds.get("count"):
+        return "—"
+    return f"{seconds.get('last', 0):.2f}s (p50 {seconds.get('p50', 0):.2f}s, {seconds['count']} runs)"
+
+
 def table(headers: list[str], rows: list[list[str]]) -> str:
     """Columns aligned with three spaces between them, as kubectl prints."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows)]

@@ -18,7 +18,12 @@ each holding its own ``storageUri``). How the other predictor fields map onto a 
   (the replica's own adaptive batcher, which also batches V2 and gRPC, unlike KServe's agent).
 - ``timeout`` (seconds) is for the gateway: it lands in the route table as ``timeout_s``.
 - ``env`` (name/value pairs) becomes the replica's environment.
-- ``resources`` do nothing locally: a replica is a process of this machine, not a pod.
+- ``resources.requests`` (``cpu``, ``memory``, ``nvidia.com/gpu``; ``limits`` stand in for missing
+  requests, as in Kubernetes) are what each replica holds in the machine's ledger (scheduler.py);
+  the annotation ``serving.shipyard.io/gpu-memory`` (e.g. ``8Gi``) makes the replica share GPUs by
+  declared memory instead of taking them whole (``replica_needs``). The GPUs a replica gets are
+  passed as ``CUDA_VISIBLE_DEVICES`` (empty when it asked for none on a machine with GPUs); nothing
+  is enforced at run time (no cgroups).
 - ``runtime`` other than ``shipyard``, and container overrides (``image``, ``command``, ``args``), are
   ignored with a warning: Shipyard serves every format with its own runtime.
 """
@@ -40,6 +45,8 @@ from shipyard.home import shipyard_home
 from shipyard.package.config import CONFIG_FILE
 from shipyard.package.source import model_source as package_model_source
 from shipyard.package.weights import FSSPEC_EXTRAS, chunks, file_name
+from shipyard.control.scheduler import ReplicaNeeds
+from shipyard.quantity import QuantityError, parse_quantity
 from shipyard.runtimes.registry import FormatError, normalise_format
 
 #: Legacy predictor fields (``spec.predictor.sklearn``...) Shipyard serves.
@@ -51,6 +58,8 @@ UNSUPPORTED_LEGACY = ("tensorflow", "triton", "pmml", "paddle")
 PROTOCOLS = ("v1", "v2", "grpc-v1", "grpc-v2")
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".tar.bz2", ".tar.xz", ".zip")
 IGNORED_CONTAINER_FIELDS = ("image", "command", "args", "runtimeVersion")
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_MEMORY_ANNOTATION = "serving.shipyard.io/gpu-memory"
 
 
 class ModelSourceError(ValueError):
@@ -114,6 +123,51 @@ def gateway_settings(predictor: dict[str, Any]) -> tuple[str, float | None]:
     timeout = predictor.get("timeout")
     valid_timeout = isinstance(timeout, int) and not isinstance(timeout, bool) and timeout > 0
     return (protocol if protocol in PROTOCOLS else "v1"), (float(timeout) if valid_timeout else None)
+
+
+def replica_needs(predictor: dict[str, Any], annotations: dict[str, str] | None = None) -> ReplicaNeeds:
+    """What each replica of ``predictor`` holds in the machine's ledger: its container's
+    ``resources.requests`` (``limits`` where a request is missing) and the ``gpu-memory`` annotation.
+    ModelSourceError names the field."""
+    try:
+        where, model, _ = predictor_model(predictor)
+    except ModelSourceError:
+        where, model = "spec.predictor", {}
+    resources = model.get("resources") or {}
+    if not isinstance(resources, dict):
+        raise ModelSourceError(f"{where}.resources", f"expected requests and limits, got {resources!r}")
+    requests, limits = resources.get("requests") or {}, resources.get("limits") or {}
+    for name, part in (("requests", requests), ("limits", limits)):
+        if not isinstance(part, dict):
+            raise ModelSourceError(f"{where}.resources.{name}", f"expected a mapping of resource names, got {part!r}")
+
+    def amount(name: str) -> float:
+        part = "requests" if name in requests else "limits"
+        value = requests.get(name, limits.get(name))
+        if value is None:
+            return 0.0
+        try:
+            return parse_quantity(value, f"{where}.resources.{part}.{name}")
+        except QuantityError as exc:
+            raise ModelSourceError(exc.path, exc.message) from None
+
+    gpu_name = GPU_RESOURCE if GPU_RESOURCE in requests or GPU_RESOURCE in limits else "gpu"
+    gpus = amount(gpu_name)
+    if gpus != int(gpus):
+        part = "requests" if gpu_name in requests else "limits"
+        raise ModelSourceError(f"{where}.resources.{part}.{gpu_name}", f"expected a whole number of GPUs, got "
+                               f"{gpus:g}; share a GPU with the {GPU_MEMORY_ANNOTATION} annotation instead")
+    gpu_memory = 0.0
+    declared = (annotations or {}).get(GPU_MEMORY_ANNOTATION)
+    if declared is not None:
+        try:
+            gpu_memory = parse_quantity(declared, f"metadata.annotations[{GPU_MEMORY_ANNOTATION}]")
+        except QuantityError as exc:
+            raise ModelSourceError(exc.path, exc.message) from None
+        if gpu_memory <= 0:
+            raise ModelSourceError(f"metadata.annotations[{GPU_MEMORY_ANNOTATION}]",
+                                   f"expected a memory size such as 8Gi, got {declared!r}")
+    return ReplicaNeeds(amount("cpu"), amount("memory"), int(gpus), gpu_memory)
 
 
 def serve_command(isvc: str, predictor: dict[str, Any], namespace: str = "default") -> ReplicaCommand:

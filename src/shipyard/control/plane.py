@@ -128,6 +128,7 @@ class Plane:
 
     async def start(self) -> dict[str, Any]:
         """Take the lock, listen (API, gateway), adopt replicas, start reconciling; returns plane.json's content."""
+        from shipyard.control import scheduler
         from shipyard.control.api import ControlApi
         from shipyard.control.controllers.dataops import DataOpsController
         from shipyard.control.controllers.dataset import DatasetController
@@ -142,14 +143,24 @@ class Plane:
         options = self.options
         self._lock = _take_lock(self.home)
         try:
+            try:  # one ledger of the machine for replicas and TrainJobs
+                ledger = scheduler.Ledger(scheduler.detect_inventory())
+            except ValueError as exc:
+                raise PlaneError(f"cannot read the machine's inventory: {exc}") from None
             self.store = store = Store(self.home / STATE_FILE)
-            self.engine = LocalEngine(self.home)
+            self.engine = LocalEngine(self.home, prefork=True)  # pre-imported runtimes: fast cold starts
+            self.engine.warm()
             self.gateway = gateway = Gateway(store.routes, options.host, options.http_port, options.grpc_port)
             self.controller = controller = InferenceServiceController(
                 store, self.engine, self.home / "logs", in_flight=gateway.in_flight, references=gateway.references,
                 stats=gateway.stats, shadow_report=gateway.shadow_report, gateway_url=lambda: gateway.http_url,
+                take=gateway.take, cold_starts=gateway.cold_starts, routes_changed=gateway.refresh_soon, ledger=ledger,
             )
-            self.trainjobs = trainjobs = TrainJobController(store, self.home)
+            gateway.activator.on_demand = controller.demand
+            gateway.metrics_sources.append(controller.scaling.prometheus)
+            self.trainjobs = trainjobs = TrainJobController(store, self.home, inventory=ledger.job_inventory())
+            ledger.jobs = lambda: [(active.needs, [device for node in (active.job.devices or []) for device in node])
+                                   for active in trainjobs.active.values()]
             self.dataops = dataops = DataOpsController(store, self.home)
             self.datasets = datasets = DatasetController(store, self.home, operations=dataops.holders,
                                                          busy=dataops.busy, release=dataops.release)

@@ -1,9 +1,11 @@
-"""Which queued TrainJobs may start now: the machine's inventory, priorities and gang admission.
+"""The machine's resources: its inventory, TrainJob admission, and the ledger replicas hold shares in.
 
 Inventory: CPU cores this process may use (``os.sched_getaffinity``), memory from ``/proc/meminfo``
 and GPUs. Any of them can be declared instead (``SHIPYARD_CPUS``, ``SHIPYARD_MEMORY`` in bytes,
 ``SHIPYARD_GPUS=0,1`` or ``SHIPYARD_GPU_COUNT``); GPUs are otherwise counted with ``nvidia-smi``
-when it is installed.
+when it is installed. Each GPU's memory (for fractional sharing) is declared with
+``SHIPYARD_GPU_MEMORY`` (bytes or a quantity such as ``16Gi``; one value for every GPU or a
+comma-separated list, one per GPU) or read from NVML (``pynvml``) or ``nvidia-smi``.
 
 The admission rule (``admit``):
 
@@ -24,6 +26,9 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass, field
+from typing import Callable, Hashable
+
+from shipyard.quantity import QuantityError, format_bytes, parse_quantity
 
 RESOURCES = ("cpu", "memory", "gpu")
 
@@ -40,10 +45,12 @@ class Demand:
 
 @dataclass
 class Inventory:
-    """What the machine offers: cpu cores, memory bytes, GPU count, and the GPUs' ids."""
+    """What the machine offers: cpu cores, memory bytes, GPU count, the GPUs' ids and (when known)
+    each GPU's memory in bytes."""
 
     total: dict[str, float] = field(default_factory=dict)
     gpu_ids: list[str] = field(default_factory=list)
+    gpu_memory: dict[str, float] = field(default_factory=dict)
 
     def fits_machine(self, needs: dict[str, float]) -> bool:
         """Could this ever run, on an idle machine?"""
@@ -64,11 +71,65 @@ def detect_inventory(env: dict[str, str] | None = None) -> Inventory:
     cpus = _number(env, "SHIPYARD_CPUS")
     memory = _number(env, "SHIPYARD_MEMORY")
     gpu_ids = _gpu_ids(env)
+    declared = "SHIPYARD_GPUS" in env or _number(env, "SHIPYARD_GPU_COUNT") is not None
     return Inventory({
         "cpu": cpus if cpus is not None else float(len(os.sched_getaffinity(0))),
         "memory": memory if memory is not None else float(_meminfo_bytes()),
         "gpu": float(len(gpu_ids)),
-    }, gpu_ids)
+    }, gpu_ids, _gpu_memory(env, gpu_ids, detect=not declared))
+
+
+def _gpu_memory(env: dict[str, str], gpu_ids: list[str], detect: bool) -> dict[str, float]:
+    """Bytes of memory per GPU id: ``SHIPYARD_GPU_MEMORY`` (one value for all, or one per GPU), else
+    NVML or nvidia-smi for detected GPUs; {} when unknown."""
+    declared = env.get("SHIPYARD_GPU_MEMORY", "").strip()
+    if declared:
+        values = [item.strip() for item in declared.split(",") if item.strip()]
+        try:
+            sizes = [parse_quantity(value, "SHIPYARD_GPU_MEMORY") for value in values]
+        except QuantityError as exc:
+            raise ValueError(f"SHIPYARD_GPU_MEMORY={declared!r}: {exc.message}") from None
+        if len(sizes) == 1:
+            sizes = sizes * len(gpu_ids)
+        if len(sizes) != len(gpu_ids):
+            raise ValueError(f"SHIPYARD_GPU_MEMORY={declared!r} gives {len(values)} sizes but the machine has "
+                             f"{len(gpu_ids)} GPU(s) ({', '.join(gpu_ids) or 'none'}); give one size for all or one "
+                             "per GPU")
+        return dict(zip(gpu_ids, sizes))
+    if not detect or not gpu_ids:
+        return {}
+    sizes = _nvml_memory() or _nvidia_smi_memory()
+    return dict(zip(gpu_ids, sizes)) if len(sizes) == len(gpu_ids) else {}
+
+
+def _nvml_memory() -> list[float]:
+    try:
+        import pynvml  # type: ignore[import-not-found]
+
+        pynvml.nvmlInit()
+    except Exception:  # not installed, or no driver
+        return []
+    try:
+        return [float(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index)).total)
+                for index in range(pynvml.nvmlDeviceGetCount())]
+    except Exception:
+        return []
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
+
+
+def _nvidia_smi_memory() -> list[float]:
+    if shutil.which("nvidia-smi") is None:
+        return []
+    try:
+        found = subprocess.run(["nvidia-smi", "--query-gpu=memory.total", "--format=csv,noheader,nounits"],
+                               capture_output=True, text=True, timeout=10)
+        return [float(line) * 2**20 for line in found.stdout.split()] if found.returncode == 0 else []
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return []
 
 
 def _number(env: dict[str, str], name: str) -> float | None:
@@ -153,3 +214,164 @@ def admit(queued: list[Demand], inventory: Inventory, running: list[dict[str, fl
         elif blocked_priority is None:
             blocked_priority = demand.priority
     return admitted
+
+
+# -- the ledger of what replicas (and TrainJobs) hold --------------------------------------------------
+@dataclass(frozen=True)
+class ReplicaNeeds:
+    """What one replica asks for: cpu cores, memory bytes, whole GPUs, and ``gpu_memory`` bytes on each
+    of its GPUs when it shares them (then ``gpu`` is how many GPUs it spreads over, at least 1)."""
+
+    cpu: float = 0.0
+    memory: float = 0.0
+    gpu: int = 0
+    gpu_memory: float = 0.0
+
+    def describe(self) -> str:
+        parts = [f"cpu {self.cpu:g}"] if self.cpu else []
+        if self.memory:
+            parts.append(f"memory {format_bytes(self.memory)}")
+        if self.gpu_memory:
+            parts.append(f"{format_bytes(self.gpu_memory)} on {max(self.gpu, 1)} shared GPU(s)")
+        elif self.gpu:
+            parts.append(f"nvidia.com/gpu {self.gpu}")
+        return ", ".join(parts) or "nothing"
+
+
+@dataclass(frozen=True)
+class Holding:
+    """A replica's share of the machine: its cpu and memory, its GPU ids, and the bytes it takes on each
+    of them when it shares them (0: it has them to itself)."""
+
+    needs: ReplicaNeeds
+    devices: tuple[str, ...] = ()
+
+    @property
+    def cuda_visible_devices(self) -> str:
+        return ",".join(self.devices)
+
+
+JobShares = Callable[[], list[tuple[dict[str, float], list[str]]]]
+
+
+class Ledger:
+    """One machine, one account: replicas take shares with ``take`` and give them back with ``release``;
+    ``jobs()`` says what running TrainJobs hold ((needs, GPU ids) each), so replicas never take it,
+    and ``job_inventory()`` is the view the TrainJob controller admits against, so jobs never take
+    what replicas hold. A GPU a job or a whole-GPU replica holds is exclusive; replicas asking for
+    ``gpu_memory`` share GPUs up to each GPU's declared memory (best fit: the fullest GPU that fits)."""
+
+    def __init__(self, inventory: Inventory, jobs: JobShares | None = None) -> None:
+        self.inventory = inventory
+        self.jobs: JobShares = jobs or (lambda: [])
+        self.holdings: dict[Hashable, Holding] = {}
+
+    # -- what is used ----------------------------------------------------------------------------
+    def replica_totals(self) -> dict[str, float]:
+        """cpu and memory the replicas hold, and the GPUs they hold or share (each counts as one)."""
+        devices = {device for holding in self.holdings.values() for device in holding.devices}
+        return {"cpu": sum(h.needs.cpu for h in self.holdings.values()),
+                "memory": sum(h.needs.memory for h in self.holdings.values()), "gpu": float(len(devices))}
+
+    def free(self) -> dict[str, float]:
+        """cpu and memory nobody holds."""
+        used = [needs for needs, _ in self.jobs()] + [self.replica_totals()]
+        left = self.inventory.free(used)
+        return {"cpu": left.get("cpu", 0.0), "memory": left.get("memory", 0.0)}
+
+    def _gpu_state(self) -> tuple[set[str], dict[str, float]]:
+        """(GPUs held exclusively, bytes taken on each shared GPU)."""
+        exclusive = {device for _, devices in self.jobs() for device in devices}
+        shared: dict[str, float] = {}
+        for holding in self.holdings.values():
+            for device in holding.devices:
+                if holding.needs.gpu_memory:
+                    shared[device] = shared.get(device, 0.0) + holding.needs.gpu_memory
+                else:
+                    exclusive.add(device)
+        return exclusive, shared
+
+    # -- taking and giving back --------------------------------------------------------------------
+    def take(self, owner: Hashable, needs: ReplicaNeeds) -> Holding | str:
+        """Hold ``needs`` for ``owner`` (again: its current holding), or say in words why it does not fit."""
+        if owner in self.holdings:
+            return self.holdings[owner]
+        total, free = self.inventory.total, self.free()
+        short = [f"Insufficient {name} (needs {shown(want)}, {shown(max(free[name], 0.0))} of "
+                 f"{shown(total.get(name, 0.0))} free)"
+                 for name, want, shown in (("cpu", needs.cpu, _cores), ("memory", needs.memory, format_bytes))
+                 if want > 0 and want > free[name] + 1e-9]
+        devices, why = self._gpus(needs)
+        if why:
+            short.append(why)
+        if short:
+            return "; ".join(short)
+        holding = self.holdings[owner] = Holding(needs, tuple(devices))
+        return holding
+
+    def adopt(self, owner: Hashable, needs: ReplicaNeeds, devices: list[str]) -> Holding:
+        """Record what a running replica (adopted after a control-plane restart) holds, fitting or not."""
+        holding = self.holdings[owner] = Holding(needs, tuple(devices))
+        return holding
+
+    def release(self, owner: Hashable) -> None:
+        self.holdings.pop(owner, None)
+
+    def _gpus(self, needs: ReplicaNeeds) -> tuple[list[str], str | None]:
+        """GPU ids for ``needs`` (lowest first; shared ones best fit), or the reason there are none."""
+        ids = self.inventory.gpu_ids
+        exclusive, shared = self._gpu_state()
+        if needs.gpu_memory:
+            count = max(needs.gpu, 1)
+            if not ids:
+                return [], "Insufficient nvidia.com/gpu (the machine has no GPU)"
+            sizes = self.inventory.gpu_memory
+            if not sizes:
+                return [], ("no GPU memory is known for sharing GPUs (declare it with SHIPYARD_GPU_MEMORY, e.g. "
+                            "16Gi, or install pynvml)")
+            room = {d: sizes.get(d, 0.0) - shared.get(d, 0.0) for d in ids if d not in exclusive}
+            fitting = sorted((d for d, left in room.items() if left + 1e-6 >= needs.gpu_memory),
+                             key=lambda d: (room[d], ids.index(d)))
+            if len(fitting) < count:
+                best = max(room.values(), default=0.0)
+                return [], (f"Insufficient GPU memory (needs {format_bytes(needs.gpu_memory)} on {count} GPU(s); "
+                            f"{len(fitting)} GPU(s) have that much free, the most free on one is "
+                            f"{format_bytes(max(best, 0.0))})")
+            return sorted(fitting[:count], key=ids.index), None
+        if not needs.gpu:
+            return [], None
+        idle = [d for d in ids if d not in exclusive and not shared.get(d)]
+        if len(idle) < needs.gpu:
+            return [], f"Insufficient nvidia.com/gpu (needs {needs.gpu}, {len(idle)} of {len(ids)} free)"
+        return idle[:needs.gpu], None
+
+    # -- the TrainJob controller's view --------------------------------------------------------------
+    def job_inventory(self) -> "JobInventory":
+        return JobInventory(self)
+
+
+class JobInventory:
+    """The inventory as TrainJob admission sees it: the machine minus what replicas hold (a GPU a
+    replica holds or shares is not offered to jobs, which take whole GPUs)."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+
+    @property
+    def total(self) -> dict[str, float]:
+        return self.ledger.inventory.total
+
+    @property
+    def gpu_ids(self) -> list[str]:
+        held = {device for holding in self.ledger.holdings.values() for device in holding.devices}
+        return [device for device in self.ledger.inventory.gpu_ids if device not in held]
+
+    def fits_machine(self, needs: dict[str, float]) -> bool:
+        return self.ledger.inventory.fits_machine(needs)
+
+    def free(self, used: list[dict[str, float]]) -> dict[str, float]:
+        return self.ledger.inventory.free([*used, self.ledger.replica_totals()])
+
+
+def _cores(value: float) -> str:
+    return f"{value:g}"

@@ -80,6 +80,8 @@ ANNOTATIONS: dict[str, tuple[str, float, float]] = {
     "serving.shipyard.io/rollback-min-requests": ("integer", 1, float("inf")),
     # the autoscaler's (autoscaler/config.py checks them, with Knative's autoscaling.knative.dev/ ones)
     **{key: ("autoscaling", 0, 0) for key in autoscaling.SHIPYARD_ANNOTATIONS},
+    # a quantity such as 8Gi: the GPU memory a replica shares (model_source.replica_needs checks it)
+    "serving.shipyard.io/gpu-memory": ("resources", 0, 0),
 }
 
 _INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
@@ -153,6 +155,8 @@ def validate(document: Any) -> ValidatedResource:
         flagged = {error.path for error in errors}
         errors += [FieldError(path, message) for path, message in
                    autoscaling.config_problems(spec.get("predictor"), annotations) if path not in flagged]
+        flagged = {error.path for error in errors}
+        errors += [error for error in _resource_errors(spec.get("predictor"), annotations) if error.path not in flagged]
     if errors:
         raise ValidationError(_unique(errors))
     return ValidatedResource(Resource.from_document(document), _warnings(document))
@@ -216,13 +220,26 @@ def _metadata_errors(metadata: Any) -> list[FieldError]:
     return errors
 
 
+def _resource_errors(predictor: Any, annotations: Any) -> list[FieldError]:
+    """A replica's ``resources`` and ``gpu-memory`` as the scheduler will read them (checked now, not at start)."""
+    if not isinstance(predictor, dict):
+        return []
+    from shipyard.control.model_source import ModelSourceError, replica_needs
+
+    try:
+        replica_needs(predictor, annotations if isinstance(annotations, dict) else None)
+    except ModelSourceError as exc:
+        return [FieldError(exc.path, str(exc).removeprefix(f"{exc.path}: "))]
+    return []
+
+
 def _annotation_errors(annotations: Any) -> list[FieldError]:
     errors: list[FieldError] = []
     if not isinstance(annotations, dict):
         return errors
     for key, (kind, low, high) in ANNOTATIONS.items():
         value = annotations.get(key)
-        if not isinstance(value, str) or kind == "autoscaling":
+        if not isinstance(value, str) or kind in ("autoscaling", "resources"):
             continue
         path = f"metadata.annotations[{key}]"
         if kind == "text":

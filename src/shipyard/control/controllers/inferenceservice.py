@@ -4,15 +4,20 @@ One reconcile pass runs every half second, and at once when the API sets ``wake`
 service it:
 
 1. creates a revision when the predictor's fingerprint changed (revisions.py);
-2. works out the traffic (traffic.py; only ready revisions get traffic) and keeps ``minReplicas``
-   replicas running (replicas.py: restarts with backoff) for every revision that has traffic, is
-   tagged, is the latest or is shadowed;
-3. publishes the gateway's route table (store.set_routes) BEFORE stopping anything, then stops
-   the replicas of revisions that lost their traffic once the gateway no longer routes to them
-   and has no request in flight for them;
+2. works out the traffic (traffic.py; only ready revisions get traffic; a revision scaled to zero
+   counts as ready) and keeps the autoscaler's count of replicas running (scaling.py; replicas.py:
+   restarts with backoff, resources from the machine's ledger) for every revision that has
+   traffic, is tagged, is the latest or is shadowed;
+3. publishes the gateway's route table (store.set_routes) BEFORE stopping anything (and tells the
+   gateway at once), then stops the replicas of revisions that lost their traffic once the gateway
+   no longer routes to them and has no request in flight for them, and the replicas scaled away;
 4. rolls a canary back when it breaks its ``serving.shipyard.io/rollback-*`` thresholds;
 5. writes ``status`` (status.py; plus ``status.shadow``, the gateway's comparison of shadow and live
-   answers) and events.
+   answers, and ``status.shipyard.autoscaling``, per revision) and events.
+
+Autoscaling runs in its own loop (``autoscale``): each revision's autoscaler decides every tick,
+and at once when the activator holds a request for a revision at zero (``demand``); a changed
+count wakes the reconcile loop.
 
 Deleting a service withdraws its routes, drains, stops its replicas and then forgets it.
 """
@@ -28,6 +33,7 @@ from typing import Any, Callable, Protocol
 from shipyard.control.controllers.loop import reconcile_loop
 from shipyard.control.controllers import traffic
 from shipyard.control.controllers.replicas import Replica, Replicas
+from shipyard.control.controllers.scaling import MAX_SLEEP_S, Scaling
 from shipyard.control.controllers.rollout import (
     PIN_ANNOTATION,
     SHADOW_ANNOTATION,
@@ -37,9 +43,10 @@ from shipyard.control.controllers.rollout import (
 )
 from shipyard.control.controllers.status import Observed, service_status
 from shipyard.control.engines.base import Engine
-from shipyard.control.model_source import gateway_settings
+from shipyard.control.model_source import gateway_settings, replica_needs
 from shipyard.control.resources import INFERENCE_SERVICE, Resource, canonical_json
 from shipyard.control.revisions import predictor_fingerprint, revision_key, revision_spec
+from shipyard.control.scheduler import Ledger, ReplicaNeeds
 from shipyard.control.store import Revision, Store
 
 log = logging.getLogger("shipyard.control")
@@ -89,7 +96,9 @@ class InferenceServiceController:
     The gateway's side comes in as callables: ``in_flight(key)`` and ``references(key)`` (may a
     revision stop?), ``stats(key, window_s)`` (automatic rollback), ``shadow_report(namespace,
     isvc)`` (shown as ``status.shadow``) and ``gateway_url()``; a revision's ``key`` is
-    ``revisions.revision_key(namespace, revision)``.
+    ``revisions.revision_key(namespace, revision)``. Autoscaling reads ``take(key)`` (the gateway's
+    concurrency meter) and ``cold_starts(key)``; ``routes_changed()`` tells the gateway a table was
+    published; ``ledger`` is the machine's resources, shared with TrainJobs.
     """
 
     def __init__(
@@ -103,6 +112,10 @@ class InferenceServiceController:
         shadow_report: Callable[[str, str], dict[str, Any] | None] | None = None,
         gateway_url: Callable[[], str | None] = lambda: None,
         domain: str = DOMAIN,
+        take: Callable[[str], tuple[float, int]] | None = None,
+        cold_starts: Callable[[str], dict[str, Any] | None] | None = None,
+        routes_changed: Callable[[], None] | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.store = store
         self.in_flight = in_flight
@@ -112,7 +125,12 @@ class InferenceServiceController:
         self.gateway_url = gateway_url
         self.domain = domain
         self.wake = asyncio.Event()
-        self.replicas = Replicas(store, engine, logs_dir, self.wake.set)
+        self.ledger = ledger
+        self.routes_changed = routes_changed or (lambda: None)
+        self.replicas = Replicas(store, engine, logs_dir, self.wake.set, ledger, self._needs)
+        self.scaling = Scaling(store, self.replicas, ledger.inventory if ledger is not None else None,
+                               take or (lambda key: (0.0, 0)), cold_starts, self._warn_once)
+        self._autoscale = asyncio.Event()
         self._tables: dict[tuple[str, str], dict[str, Any]] = {}  # last published, by (namespace, isvc)
         self._routed: dict[tuple[str, str], set[str]] = {}  # the revisions the last table sends requests to
         self._published_at: dict[tuple[str, str], float] = {}
@@ -121,8 +139,33 @@ class InferenceServiceController:
 
     # -- the loop ----------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
-        """Reconcile until ``stop`` is set."""
-        await reconcile_loop(self.reconcile_all, self.wake, stop, INTERVAL_S, "inferenceservice")
+        """Reconcile (and autoscale) until ``stop`` is set."""
+        ticker = asyncio.ensure_future(self.autoscale(stop))
+        try:
+            await reconcile_loop(self.reconcile_all, self.wake, stop, INTERVAL_S, "inferenceservice")
+        finally:
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+
+    async def autoscale(self, stop: asyncio.Event) -> None:
+        """Tick the revisions' autoscalers when they are due (or demanded) until ``stop`` is set."""
+        while not stop.is_set():
+            self._autoscale.clear()
+            try:
+                if self.scaling.tick(time.monotonic()):
+                    self.wake.set()
+            except Exception:  # pragma: no cover - tick guards each revision; this is the last net
+                log.exception("autoscaling pass failed")
+            pause = min(MAX_SLEEP_S, max(0.01, self.scaling.next_due() - time.monotonic()))
+            waits = [asyncio.ensure_future(self._autoscale.wait()), asyncio.ensure_future(stop.wait())]
+            await asyncio.wait(waits, timeout=pause, return_when=asyncio.FIRST_COMPLETED)
+            for waiter in waits:
+                waiter.cancel()
+
+    def demand(self, key: str) -> None:
+        """The activator holds a request for the revision ``key`` (``namespace/revision``): decide now."""
+        if self.scaling.demand(key):
+            self._autoscale.set()
 
     async def reconcile_all(self) -> None:
         """One pass over every InferenceService."""
@@ -142,11 +185,13 @@ class InferenceServiceController:
         """Bring one service one step closer to its spec."""
         namespace, name = resource.namespace, resource.name
         if resource.deleting:
+            self.scaling.forget(namespace, name)  # no more decisions (nor events) for it
             if (namespace, name) not in self._deleting:
                 self._deleting[(namespace, name)] = asyncio.ensure_future(self._delete(namespace, name))
             return
         predictor = resource.spec.get("predictor") or {}
-        plan = Plan(resource, self._revisions(resource, predictor), self.replicas.ready_revisions(namespace, name))
+        ready = self.replicas.ready_revisions(namespace, name) | self.scaling.zero_ready(namespace, name)
+        plan = Plan(resource, self._revisions(resource, predictor), ready)
         self._shadow(resource, plan)
         desired = self._desired(resource, predictor, plan)
         switch = traffic.can_switch(desired, plan.ready)
@@ -156,13 +201,13 @@ class InferenceServiceController:
         rolled_out, previous = traffic.rolled_out_after(targets, plan.rolled_out, plan.previous)
 
         wanted = {t.revision for t in desired + targets} | {plan.latest.name} | ({plan.shadow} if plan.shadow else set())
-        count = _min_replicas(predictor)
         now = time.monotonic()
+        counts = self.scaling.sync(resource, plan.revisions, wanted, now)
         for revision in sorted(wanted):
-            self.replicas.ensure(namespace, name, revision, count, now)
+            self.replicas.ensure(namespace, name, revision, counts[revision], now)
         self._publish(namespace, name, targets, plan)  # routes first: only then may replicas stop
         for replica in self.replicas.of(namespace, name):
-            if replica.revision not in wanted or replica.index >= count:
+            if replica.revision not in wanted or replica.index >= counts.get(replica.revision, 0):
                 self.replicas.drain(replica, now, self._may_stop)
         self._auto_rollback(resource, targets, rolled_out)
         seen = Observed(name, namespace, resource.generation, plan.latest.name, plan.latest_ready, rolled_out,
@@ -173,6 +218,7 @@ class InferenceServiceController:
         report = self.shadow_report(namespace, name) if self.shadow_report is not None else None
         if report:
             status["shadow"] = {key: value for key, value in report.items() if key not in SHADOW_REPORT_SKIPPED}
+        status["shipyard"] = {**(status.get("shipyard") or {}), "autoscaling": self.scaling.status(namespace, name)}
         if canonical_json(status) != canonical_json(resource.status or {}):
             self.store.set_status(KIND, namespace, name, status)
 
@@ -227,20 +273,30 @@ class InferenceServiceController:
         self._tables[key] = table
         self._published_at[key] = time.monotonic()
         self._routed[key] = _routed_revisions(table)
+        self.routes_changed()
 
     def route_table(self, namespace: str, isvc: str, targets: list[traffic.Target], plan: Plan) -> dict[str, Any]:
         """The table the gateway routes by (see the control-plane contract); ``protocol`` and ``timeout_s``
         (``spec.predictor.timeout``) are the latest revision's."""
         protocol, timeout_s = gateway_settings(plan.latest.spec)
-        backends = [{"revision": t.revision, "percent": t.percent, "tags": [t.tag] if t.tag else [],
-                     "replicas": self.replicas.endpoints(namespace, isvc, t.revision)} for t in targets]
+        backends = []
+        for t in targets:
+            backend = {"revision": t.revision, "percent": t.percent, "tags": [t.tag] if t.tag else [],
+                       "replicas": self.replicas.endpoints(namespace, isvc, t.revision), "activate": True}
+            failing = None if backend["replicas"] else self.replicas.failing(namespace, isvc, t.revision)
+            if failing:
+                backend["failing"] = failing
+            backends.append(backend)
         shadow = None
         if plan.shadow and plan.shadow_percent > 0 and plan.shadow in plan.ready and not any(
                 t.revision == plan.shadow and t.percent == 100 for t in targets):
             shadow = {"revision": plan.shadow, "percent": plan.shadow_percent,
                       "replicas": self.replicas.endpoints(namespace, isvc, plan.shadow)}
+        scale = self.scaling.states.get((namespace, plan.latest.name))
+        activator = {"queue": scale.config.activator_queue, "timeout_s": scale.config.activator_timeout_s} \
+            if scale is not None else None
         return {"isvc": isvc, "namespace": namespace, "protocol": protocol, "timeout_s": timeout_s,
-                "backends": backends, "shadow": shadow, "version": 0}
+                "backends": backends, "shadow": shadow, "activator": activator, "version": 0}
 
     def _may_stop(self, replica: Replica, now: float) -> bool:
         """May a draining replica stop? When its revision lost its traffic: once the gateway no longer
@@ -285,6 +341,14 @@ class InferenceServiceController:
                          f"canary {canary.revision} rolled back to {rolled_out}: {why}")
         self.wake.set()
 
+    def _needs(self, namespace: str, isvc: str, revision: str) -> ReplicaNeeds:
+        """What each replica of ``revision`` holds in the ledger (ValueError names a bad field)."""
+        stored = next((r for r in self.store.revisions(namespace, isvc) if r.name == revision), None)
+        resource = self.store.get(KIND, namespace, isvc)
+        if stored is None:
+            return ReplicaNeeds()
+        return replica_needs(stored.spec, resource.annotations if resource is not None else {})
+
     def _warn_once(self, resource: Resource, message: str) -> None:
         marker = (resource.namespace, resource.name, message)
         if marker not in self._warned:
@@ -305,6 +369,7 @@ class InferenceServiceController:
             await self.replicas.stop_all(replicas)
             self.store.remove(KIND, namespace, name)
             self.replicas.forget(namespace, name)
+            self.scaling.forget(namespace, name)
             for state in (self._tables, self._routed, self._published_at):
                 state.pop((namespace, name), None)
             log.info("deleted inferenceservice %s/%s: routes withdrawn, %d replica(s) stopped", namespace, name,
@@ -333,8 +398,3 @@ class InferenceServiceController:
 def _routed_revisions(table: dict[str, Any]) -> set[str]:
     shadow = table.get("shadow")
     return {b["revision"] for b in table.get("backends", [])} | ({shadow["revision"]} if shadow else set())
-
-
-def _min_replicas(predictor: dict[str, Any]) -> int:
-    value = predictor.get("minReplicas")
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 1

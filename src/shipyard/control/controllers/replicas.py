@@ -16,9 +16,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from shipyard import processes
 from shipyard.control.engines.base import Engine, EngineError, ReplicaHandle, ReplicaSpec
 from shipyard.control.model_source import ReplicaCommand, serve_command
+from shipyard.control.prefork import FORMAT_ENV
 from shipyard.control.resources import INFERENCE_SERVICE
+from shipyard.control.scheduler import Holding, Ledger, ReplicaNeeds
 from shipyard.control.store import ReplicaRecord, Store
 
 log = logging.getLogger("shipyard.control")
@@ -34,6 +37,11 @@ STOP_GRACE_S = 10.0
 #: process exits leaves at once.
 UNREADY_AFTER = 3
 UNREADY_AFTER_S = 10.0
+#: A starting replica's readiness is polled from every READY_POLL_S up to READY_POLL_MAX_S for this long.
+READY_POLL_S = 0.01
+READY_POLL_MAX_S = 0.25
+READY_WATCH_S = 600.0
+CUDA_ENV = "CUDA_VISIBLE_DEVICES"
 
 Key = tuple[str, str, int]  # (namespace, revision, index)
 
@@ -80,11 +88,16 @@ class Replica:
 class Replicas:
     """Every replica of every service, by (namespace, revision, index)."""
 
-    def __init__(self, store: Store, engine: Engine, logs_dir: Path, on_change: Callable[[], None]) -> None:
+    def __init__(self, store: Store, engine: Engine, logs_dir: Path, on_change: Callable[[], None],
+                 ledger: Ledger | None = None,
+                 needs_of: Callable[[str, str, str], ReplicaNeeds] | None = None) -> None:
         self.store = store
         self.engine = engine
         self.logs_dir = logs_dir
         self.on_change = on_change
+        self.ledger = ledger
+        #: (namespace, isvc, revision) -> what each replica of it holds; ValueError names a bad field.
+        self.needs_of = needs_of or (lambda namespace, isvc, revision: ReplicaNeeds())
         self.items: dict[Key, Replica] = {}
         self._commands: dict[tuple[str, str], ReplicaCommand] = {}
 
@@ -100,6 +113,14 @@ class Replicas:
         """The addresses of a revision's ready replicas, for the route table."""
         return [{"http": r.handle.http_url, "grpc": r.handle.grpc_address}
                 for r in self.of(namespace, isvc, revision) if r.state == "ready" and r.handle]
+
+    def failing(self, namespace: str, isvc: str, revision: str) -> str | None:
+        """Why a revision cannot serve soon: the message of its failed replica when every replica it
+        has is waiting to restart after a failure (None otherwise)."""
+        replicas = [r for r in self.of(namespace, isvc, revision) if r.state != "draining"]
+        if replicas and all(r.state == "backoff" for r in replicas):
+            return replicas[0].message
+        return None
 
     def why_not_ready(self, namespace: str, isvc: str, revision: str) -> str:
         """What keeps a revision from being ready, in words."""
@@ -123,14 +144,42 @@ class Replicas:
             if replica.state == "draining":  # wanted again before it stopped
                 replica.state, replica.drain_since = ("starting" if replica.handle else "pending"), None
             if replica.state in ("pending", "backoff") and now >= replica.next_start:
-                replica.task = asyncio.ensure_future(self._start(replica))
+                holding = self._hold(replica)
+                if holding is not None:
+                    replica.task = asyncio.ensure_future(self._start(replica, holding))
 
-    async def _start(self, replica: Replica) -> None:
+    def _hold(self, replica: Replica) -> Holding | None:
+        """Take the replica's share of the machine; None (it stays pending, and says why) when it does not fit."""
+        if self.ledger is None:
+            return Holding(ReplicaNeeds())
+        try:
+            needs = self.needs_of(replica.namespace, replica.isvc, replica.revision)
+        except ValueError as exc:
+            self._failed(replica, f"replica {replica.index} of {replica.revision} failed to start: {exc}")
+            return None
+        taken = self.ledger.take(replica.key, needs)
+        if isinstance(taken, Holding):
+            return taken
+        message = f"Pending: {taken}"
+        if replica.state == "pending" and replica.message != message:
+            if not replica.message.startswith("Pending"):  # one event when it starts waiting, not per change
+                self.store.event(KIND, replica.namespace, replica.isvc, "Warning", "Unschedulable",
+                                 f"replica {replica.index} of {replica.revision} waits for resources: it needs "
+                                 f"{needs.describe()}; {taken}")
+            replica.message = message
+            self.store.upsert_replica(replica.record())
+        return None
+
+    async def _start(self, replica: Replica, holding: Holding) -> None:
         namespace, isvc = replica.namespace, replica.isvc
+        waited = replica.message.startswith("Pending")
         replica.state, replica.message, replica.started = "starting", "starting", time.time()
         try:
             command = await self.command(namespace, isvc, replica.revision)
-            spec = ReplicaSpec(namespace, isvc, replica.revision, replica.index, command.argv, command.env,
+            env = {**command.env, FORMAT_ENV: command.format}  # the engine forks fork-safe runtimes (prefork.py)
+            if self.ledger is not None and self.ledger.inventory.gpu_ids:
+                env[CUDA_ENV] = holding.cuda_visible_devices  # "" when it asked for no GPU
+            spec = ReplicaSpec(namespace, isvc, replica.revision, replica.index, command.argv, env,
                                replica.log_path)
             self.store.upsert_replica(replica.record())
             replica.handle = await self.engine.start(spec)
@@ -139,9 +188,31 @@ class Replicas:
             return
         replica.message = "loading its model"
         self.store.upsert_replica(replica.record())
+        where = f"; {CUDA_ENV}={holding.cuda_visible_devices}" if holding.devices else ""
         self.store.event(KIND, namespace, isvc, "Normal", "ReplicaStarted",
                          f"replica {replica.index} of {replica.revision} started (pid {replica.handle.pid}, "
-                         f"{replica.handle.http_url})")
+                         f"{replica.handle.http_url}{where})" + (" after waiting for resources" if waited else ""))
+        self.on_change()
+        await self._watch_ready(replica)
+
+    async def _watch_ready(self, replica: Replica) -> None:
+        """Poll a started replica until it is ready (then mark it at once), exits, or the watch ends."""
+        handle = replica.handle
+        assert handle is not None
+        delay, deadline = READY_POLL_S, time.monotonic() + READY_WATCH_S
+        while time.monotonic() < deadline and self.engine.alive(handle):
+            if await self.engine.ready(handle):
+                self._mark_ready(replica)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, READY_POLL_MAX_S)
+
+    def _mark_ready(self, replica: Replica) -> None:
+        replica.state, replica.ready_since, replica.message = "ready", time.monotonic(), "ready"
+        replica.unready_checks = 0
+        self.store.upsert_replica(replica.record())
+        self.store.event(KIND, replica.namespace, replica.isvc, "Normal", "ReplicaReady",
+                         f"replica {replica.index} of {replica.revision} is ready")
         self.on_change()
 
     async def command(self, namespace: str, isvc: str, revision: str) -> ReplicaCommand:
@@ -192,10 +263,7 @@ class Replicas:
                 replica.unready_since = time.monotonic()
             replica.unready_checks = 0 if is_ready else replica.unready_checks + 1
             if is_ready and replica.state == "starting":
-                replica.state, replica.ready_since, replica.message = "ready", time.monotonic(), "ready"
-                self.store.upsert_replica(replica.record())
-                self.store.event(KIND, replica.namespace, replica.isvc, "Normal", "ReplicaReady",
-                                 f"replica {replica.index} of {replica.revision} is ready")
+                self._mark_ready(replica)
             elif (replica.state == "ready" and replica.unready_checks >= UNREADY_AFTER
                   and time.monotonic() - replica.unready_since >= UNREADY_AFTER_S):
                 replica.state, replica.message = "starting", "not ready (its /v2/health/ready fails)"
@@ -236,6 +304,9 @@ class Replicas:
         self.store.delete_replica(replica.namespace, replica.revision, replica.index)
         if self.items.get(replica.key) is replica:
             del self.items[replica.key]
+            if self.ledger is not None:
+                self.ledger.release(replica.key)
+        self.on_change()  # its share of the machine is free: a pending replica may start
 
     async def stop_all(self, replicas: list[Replica]) -> None:
         """Stop replicas now (starts in progress are cancelled, which kills what they spawned)."""
@@ -266,6 +337,7 @@ class Replicas:
                 replica.handle, replica.state, replica.message = handle, handle.state, handle.state
                 replica.ready_since = time.monotonic() if handle.state == "ready" else None
                 adopted.add(handle.spec.replica_id)
+                self._adopt_share(replica, handle.pid)
                 self.store.event(KIND, record.namespace, record.isvc, "Normal", "ReplicaAdopted",
                                  f"replica {record.index} of {record.revision} (pid {handle.pid}) adopted after a "
                                  "control-plane restart")
@@ -279,6 +351,18 @@ class Replicas:
             self.store.upsert_replica(replica.record())
         for pid in await self.engine.sweep(adopted):
             log.warning("stopped replica process %d that no record owned", pid)
+
+
+    def _adopt_share(self, replica: Replica, pid: int) -> None:
+        """Record in the ledger what an adopted replica holds (its GPUs from its environment)."""
+        if self.ledger is None:
+            return
+        try:
+            needs = self.needs_of(replica.namespace, replica.isvc, replica.revision)
+        except ValueError:
+            needs = ReplicaNeeds()
+        devices = [d for d in (processes.env_tag(pid, CUDA_ENV) or "").split(",") if d]
+        self.ledger.adopt(replica.key, needs, devices)
 
 
 def _exit(code: int | None) -> str:

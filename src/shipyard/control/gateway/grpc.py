@@ -4,7 +4,9 @@ ModelInfer, ModelMetadata and ModelReady are routed by the model name in the req
 namespace from metadata ``x-shipyard-namespace``, else ``default``; a revision or tag from
 metadata ``x-shipyard-revision``) and forwarded as raw bytes over one channel per replica, so a
 request is parsed once to read its name and the answer not at all. ServerLive, ServerReady and
-ServerMetadata answer for the gateway. ModelStreamInfer, statistics and the repository API are
+ServerMetadata answer for the gateway. A call for a revision without a ready replica (scaled to
+zero) is held by the activator until one is ready, as REST requests are (UNAVAILABLE when the
+activator refuses it). ModelStreamInfer, statistics and the repository API are
 per replica and answer UNIMPLEMENTED with a message saying what to use instead.
 """
 
@@ -18,8 +20,9 @@ from typing import Any, Callable
 import grpc
 
 from shipyard import __version__
+from shipyard.control.gateway.activator import Activator
 from shipyard.control.gateway.observe import Observer
-from shipyard.control.gateway.rest import GATEWAY_NAME, REVISION_HEADER
+from shipyard.control.gateway.rest import GATEWAY_NAME, REVISION_HEADER, activate
 from shipyard.control.gateway.routing import Backend, Replica, RouteTable, Router
 from shipyard.control.gateway.shadow import Answer, Mirror, ShadowJob
 from shipyard.protocol.errors import InferenceError, NotFound, NotReady
@@ -53,10 +56,11 @@ def _connect_failure(error: grpc.aio.AioRpcError) -> bool:
 class GrpcProxy:
     """Routes and forwards V2 gRPC calls; one channel per replica address, shared by all calls."""
 
-    def __init__(self, router: Router, observer: Observer, mirror: Mirror) -> None:
+    def __init__(self, router: Router, observer: Observer, mirror: Mirror, activator: Activator | None = None) -> None:
         self.router = router
         self.observer = observer
         self.mirror = mirror
+        self.activator = activator or Activator()
         self.channels: dict[str, grpc.aio.Channel] = {}
         self._busy: dict[str, int] = {}
 
@@ -135,35 +139,51 @@ class GrpcProxy:
     async def model_ready(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
         name = pb.ModelReadyRequest.FromString(body).name
         try:
-            table, backend = self._route(name, context)
+            table, wanted, backend = self._route(name, context)
         except InferenceError:  # unknown, or no ready replica: not ready, as a server answers
             return pb.ModelReadyResponse(ready=False).SerializeToString()
-        return await self._forward("ModelReady", body, table, backend, context)
+        return await self._forward("ModelReady", body, table, wanted, backend, context)
 
     async def model_metadata(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
         name = pb.ModelMetadataRequest.FromString(body).name
-        table, backend = await self._route_or_abort(name, context)
-        return await self._forward("ModelMetadata", body, table, backend, context)
+        table, wanted, backend = await self._route_or_abort(name, context)
+        return await self._forward("ModelMetadata", body, table, wanted, backend, context)
 
     async def model_infer(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
         name = pb.ModelInferRequest.FromString(body).model_name
-        table, backend = await self._route_or_abort(name, context)
-        return await self._forward("ModelInfer", body, table, backend, context, mirror=True)
+        table, wanted, backend = await self._route_or_abort(name, context)
+        return await self._forward("ModelInfer", body, table, wanted, backend, context, mirror=True)
 
-    def _route(self, name: str, context: grpc.aio.ServicerContext) -> tuple[RouteTable, Backend]:
+    def _route(self, name: str, context: grpc.aio.ServicerContext) -> tuple[RouteTable, str | None, Backend]:
         metadata = dict(context.invocation_metadata() or ())
         table = self.router.find(name, metadata.get(NAMESPACE_METADATA))
-        return table, table.choose(metadata.get(REVISION_HEADER))
+        wanted = metadata.get(REVISION_HEADER)
+        return table, wanted, table.choose(wanted)
 
-    async def _route_or_abort(self, name: str, context: grpc.aio.ServicerContext) -> tuple[RouteTable, Backend]:
+    async def _route_or_abort(self, name: str,
+                              context: grpc.aio.ServicerContext) -> tuple[RouteTable, str | None, Backend]:
         try:
             return self._route(name, context)
         except (NotFound, NotReady) as exc:
             await context.abort(STATUS_CODES[exc.status], exc.message)
         raise AssertionError("unreachable")  # context.abort always raises
 
-    async def _forward(self, method: str, body: bytes, table: RouteTable, backend: Backend,
+    async def _forward(self, method: str, body: bytes, table: RouteTable, wanted: str | None, backend: Backend,
                        context: grpc.aio.ServicerContext, mirror: bool = False) -> bytes:
+        metered = backend.key
+        self.activator.begin(metered)  # held calls count as concurrency too
+        try:
+            while not len(backend.pool):  # scaled to zero or starting: wait for a replica
+                try:
+                    table, backend = await activate(self.activator, self.router, table, backend, wanted)
+                except InferenceError as exc:
+                    await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.UNAVAILABLE), exc.message)
+            return await self._send_routed(method, body, table, backend, context, mirror)
+        finally:
+            self.activator.end(metered)
+
+    async def _send_routed(self, method: str, body: bytes, table: RouteTable, backend: Backend,
+                           context: grpc.aio.ServicerContext, mirror: bool) -> bytes:
         metadata = tuple((k, v) for k, v in (context.invocation_metadata() or ())
                          if k not in _DROP_METADATA and not k.startswith(("grpc-", ":")))
         remaining = context.time_remaining()
@@ -224,11 +244,13 @@ class GrpcProxy:
                 metadata: tuple[tuple[str, str], ...], timeout: float, live: "asyncio.Future[Answer]") -> None:
         async def send_copy() -> Answer:
             started = self.observer.begin(shadow.key)
+            self.activator.begin(shadow.key)
             answer = None
             try:
                 answer = await self.send(shadow, method, body, metadata, timeout)
                 return answer
             finally:
+                self.activator.end(shadow.key)
                 self.observer.end(shadow.key, started, answer is not None and not answer.server_error)
 
         self.mirror.submit(ShadowJob(table.key, shadow.revision, "grpc", f"{SERVICE}/{method}", send_copy, live))

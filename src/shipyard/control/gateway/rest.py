@@ -5,24 +5,33 @@ A request finds its InferenceService by ``Host: [latest-|prev-]{isvc}.{namespace
 ``/v2/models/{name}/...`` and ``/v1/models/{name}[:verb]`` (namespace from the Host, else
 ``default``). A tag or revision in ``x-shipyard-revision`` (or the host's ``latest-``/``prev-``)
 picks a revision; otherwise the weighted split does. Bodies and answers pass through byte for
-byte (binary tensors and compressed bodies included).
+byte (binary tensors and compressed bodies included). A revision without a ready replica (scaled
+to zero) gets its requests held by the activator until one is ready (activator.py).
+
+The gateway's own ``GET /metrics`` (Prometheus text) has the activator's held requests, cold
+starts and refusals, requests in flight per revision, and what the controller adds (desired and
+ready replicas per revision).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Callable
 from urllib.parse import unquote
 
 import httpx
 
 from shipyard import __version__
+from shipyard.control.gateway.activator import Activator
 from shipyard.control.gateway.observe import Observer
 from shipyard.control.gateway.routing import DEFAULT_NAMESPACE, Backend, Replica, RouteTable, Router
 from shipyard.control.gateway.shadow import Answer, Mirror, ShadowJob
 from shipyard.protocol.errors import InferenceError, NotFound
 from shipyard.protocol.v2 import encode
 from shipyard.server.rest import JSON, Request, Response, error_response, json_response
+
+PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
 log = logging.getLogger("shipyard.gateway")
 
@@ -114,12 +123,15 @@ class RestProxy:
     """The ``App`` (Request -> Response) of the gateway's HTTP listener."""
 
     def __init__(self, router: Router, observer: Observer, mirror: Mirror, client: httpx.AsyncClient,
-                 shadow_client: httpx.AsyncClient) -> None:
+                 shadow_client: httpx.AsyncClient, activator: Activator | None = None,
+                 metrics: Callable[[], list[str]] | None = None) -> None:
         self.router = router
         self.observer = observer
         self.mirror = mirror
         self.client = client
         self.shadow_client = shadow_client
+        self.activator = activator or Activator()
+        self.metrics = metrics
 
     async def __call__(self, request: Request) -> Response:
         try:
@@ -142,7 +154,7 @@ class RestProxy:
         hit = self.router.by_host(host)
         if hit is not None:
             table, tag = hit
-            return await self._proxy(request, table, table.choose(request.headers.get(REVISION_HEADER) or tag))
+            return await self._proxy(request, table, request.headers.get(REVISION_HEADER) or tag)
         segments = [unquote(part) for part in request.path.strip("/").split("/")]
         namespace = self.router.namespace_of(host)
         match segments:
@@ -154,6 +166,8 @@ class RestProxy:
                 return json_response({"live": True})
             case ["v2", "health", "ready"]:
                 return json_response({"ready": True})
+            case ["metrics"] if self.metrics is not None:
+                return Response(200, ("\n".join(self.metrics()) + "\n").encode(), PROMETHEUS)
             case ["v2", "models"] | ["v1", "models"]:
                 return self._service_list(namespace)
             case ["v2", "models", "stats"]:
@@ -169,7 +183,7 @@ class RestProxy:
             case _:
                 raise NotFound(f"no route for {request.path}; the gateway serves /v2/models/{{name}}/... and "
                                "/v1/models/{name}[:predict], or any path with Host: {isvc}.{namespace}.{domain}")
-        return await self._proxy(request, table, table.choose(request.headers.get(REVISION_HEADER)))
+        return await self._proxy(request, table, request.headers.get(REVISION_HEADER))
 
     def _service_list(self, namespace: str | None) -> Response:
         if not namespace or not self.router.has_namespace(namespace):
@@ -180,7 +194,18 @@ class RestProxy:
             "services": [t.summary() for t in tables],
         })
 
-    async def _proxy(self, request: Request, table: RouteTable, backend: Backend) -> Response:
+    async def _proxy(self, request: Request, table: RouteTable, wanted: str | None) -> Response:
+        backend = table.choose(wanted)
+        metered = backend.key
+        self.activator.begin(metered)  # held requests count as concurrency too
+        try:
+            while not len(backend.pool):  # scaled to zero or starting: wait for a replica
+                table, backend = await activate(self.activator, self.router, table, backend, wanted)
+            return await self._forward(request, table, backend)
+        finally:
+            self.activator.end(metered)
+
+    async def _forward(self, request: Request, table: RouteTable, backend: Backend) -> Response:
         headers = {name: request.headers[name] for name in FORWARD_REQUEST_HEADERS if name in request.headers}
         # without it httpx would ask for gzip; the client's own wish goes to the replica unchanged
         headers["accept-encoding"] = request.headers.get("accept-encoding", "identity")
@@ -214,11 +239,27 @@ class RestProxy:
 
         async def send_copy() -> Answer:
             started = self.observer.begin(shadow.key)
+            self.activator.begin(shadow.key)
             answer = None
             try:
                 answer = await send(self.shadow_client, shadow, method, path, shadow_headers, body, timeout)
                 return answer
             finally:
+                self.activator.end(shadow.key)
                 self.observer.end(shadow.key, started, answer is not None and not answer.server_error)
 
         self.mirror.submit(ShadowJob(table.key, shadow.revision, "rest", path, send_copy, live))
+
+
+async def activate(activator: Activator, router: Router, table: RouteTable, backend: Backend,
+                   wanted: str | None) -> tuple[RouteTable, Backend]:
+    """Hold a request for ``backend`` (no replica yet) until it has one; when its revision left the
+    routes meanwhile, route the request again by the table loaded now (NotFound if the service went)."""
+    released = await activator.hold(table, backend)
+    current = router.lookup(table.namespace, table.isvc)
+    if released is not None:
+        return current or table, released
+    if current is None:
+        raise NotFound(f"inference service '{table.namespace}/{table.isvc}' was removed while the request waited "
+                       "for a replica")
+    return current, current.choose(wanted)

@@ -6,7 +6,16 @@ The controller publishes one table per InferenceService (``store.set_routes``)::
      "backends": [{"revision": "iris-predictor-00002", "percent": 20, "tags": ["latest"],
                    "replicas": [{"http": "http://127.0.0.1:41233", "grpc": "127.0.0.1:41234"}]}, ...],
      "shadow": {"revision": "...", "percent": 100, "replicas": [...]} | null,
+     "activator": {"queue": 100, "timeout_s": 60},
      "version": 17}
+
+A backend with ``"activate": true`` takes its share of traffic even without replicas (a revision
+scaled to zero, or starting): its requests are held by the activator (activator.py) until a
+replica is ready, at most ``activator.queue`` of them per revision for at most
+``activator.timeout_s`` seconds. ``"failing": "why"`` on such a backend says its replicas cannot
+start right now: held and new requests get 503 with that message instead of waiting. A backend
+without ``activate`` and without replicas is skipped by the split, as before (503 when nothing
+else can serve).
 
 The weighted split is a smooth weighted round robin (nginx's): deterministic, and exact over
 every run of ``sum(percent)`` requests, so a 20% canary gets 200 of 1,000 requests, not
@@ -28,6 +37,10 @@ from shipyard.protocol.errors import NotFound, NotReady
 DEFAULT_TIMEOUT_S = 300.0
 #: Seconds a replica that refused a connection is skipped while its siblings can serve.
 EJECT_S = 2.0
+#: Requests the activator holds per revision while it starts, and how long each may wait (Knative's
+#: activator has a similar bound; ``serving.shipyard.io/activator-queue`` / ``-timeout``).
+DEFAULT_ACTIVATOR_QUEUE = 100
+DEFAULT_ACTIVATOR_TIMEOUT_S = 60.0
 #: Tags every table may use in ``latest-``/``prev-`` host names and the revision header.
 HOST_TAGS = ("latest", "prev")
 DEFAULT_NAMESPACE = "default"
@@ -87,6 +100,15 @@ class Backend:
     #: ``namespace/revision``: revision names are unique only within a namespace, so the gateway's
     #: in-flight counts and answer windows are kept under this key.
     key: str = ""
+    #: Held by the activator while it has no replica (scale from zero) instead of being skipped.
+    activate: bool = False
+    #: Why its replicas cannot start now (requests are refused at once instead of held).
+    failing: str | None = None
+
+    @property
+    def servable(self) -> bool:
+        """Can the split send it a request now (it has replicas, or the activator holds for it)?"""
+        return bool(len(self.pool)) or self.activate
 
 
 @dataclass
@@ -100,6 +122,8 @@ class RouteTable:
     shadow: Backend | None
     version: int
     timeout_s: float
+    activator_queue: int = DEFAULT_ACTIVATOR_QUEUE
+    activator_timeout_s: float = DEFAULT_ACTIVATOR_TIMEOUT_S
     _weights: list[int] = field(default_factory=list, repr=False)
     _shadow_credit: int = field(default=0, repr=False)
 
@@ -139,17 +163,27 @@ class RouteTable:
         protocol = raw.get("protocol", "v2")
         if not isinstance(protocol, str):
             raise RouteTableError(f"{where}: 'protocol' must be a string, got {protocol!r}")
-        return cls(namespace, isvc, protocol, backends, shadow, version, float(timeout),
+        queue, held_s = _activator(raw.get("activator"), where)
+        return cls(namespace, isvc, protocol, backends, shadow, version, float(timeout), queue, held_s,
                    _weights=[0] * len(backends))
+
+    def carry_split(self, old: "RouteTable") -> None:
+        """Keep the weighted round robin's place when only replicas changed (a revision scaled up or
+        down), so the split stays exact across table swaps."""
+        if [(b.revision, b.percent) for b in old.backends] == [(b.revision, b.percent) for b in self.backends]:
+            self._weights = list(old._weights)
+        if old.shadow is not None and self.shadow is not None and old.shadow.percent == self.shadow.percent:
+            self._shadow_credit = old._shadow_credit
 
     # -- choosing a backend ----------------------------------------------------------------------
     def pick(self) -> Backend | None:
         """The backend for the next untagged request (weighted by percent, among backends that
-        have replicas), or None when no revision with a share of traffic has a replica."""
+        have replicas or are held for by the activator), or None when no revision with a share
+        of traffic can take it."""
         best, total = -1, 0
         weights = self._weights
         for i, backend in enumerate(self.backends):
-            if backend.percent <= 0 or not len(backend.pool):
+            if backend.percent <= 0 or not backend.servable:
                 continue
             weights[i] += backend.percent
             total += backend.percent
@@ -187,7 +221,8 @@ class RouteTable:
 
     def choose(self, wanted: str | None = None) -> Backend:
         """The backend for a request: the one ``wanted`` (a tag or revision) names, else the weighted
-        split's pick. NotFound for an unknown tag; NotReady (503) when it has no replica."""
+        split's pick. NotFound for an unknown tag; NotReady (503) when it has no replica and the
+        activator does not hold for it. A backend returned without replicas is for the activator."""
         if wanted:
             backend = self.select(wanted)
             if backend is None:
@@ -196,7 +231,7 @@ class RouteTable:
         else:
             backend = self.pick()
         service = f"inference service '{self.namespace}/{self.isvc}'"
-        if backend is not None and len(backend.pool):
+        if backend is not None and backend.servable:
             return backend
         if backend is not None:
             raise NotReady(f"revision '{backend.revision}' of {service} has no ready replica yet; retry shortly")
@@ -257,7 +292,29 @@ def _backend(raw: Any, where: str, namespace: str, default_percent: int | None =
         if http is None and grpc is None:
             raise RouteTableError(f"{where}.replicas[{i}]: needs an 'http' URL or a 'grpc' address")
         replicas.append(Replica(http.rstrip("/") if http else None, grpc))
-    return Backend(revision, percent, tuple(tags), Pool(revision, replicas), revision_key(namespace, revision))
+    activate = raw.get("activate", False)
+    if not isinstance(activate, bool):
+        raise RouteTableError(f"{where}.activate: expected true or false, got {activate!r}")
+    failing = raw.get("failing")
+    if failing is not None and not isinstance(failing, str):
+        raise RouteTableError(f"{where}.failing: expected a message, got {failing!r}")
+    return Backend(revision, percent, tuple(tags), Pool(revision, replicas), revision_key(namespace, revision),
+                   activate, failing or None)
+
+
+def _activator(raw: Any, where: str) -> tuple[int, float]:
+    """A table's ``activator`` settings: (queue bound per revision, seconds a request may be held)."""
+    if raw is None:
+        return DEFAULT_ACTIVATOR_QUEUE, DEFAULT_ACTIVATOR_TIMEOUT_S
+    if not isinstance(raw, Mapping):
+        raise RouteTableError(f"{where}: 'activator' must be an object with 'queue' and 'timeout_s', got {raw!r}")
+    queue = raw.get("queue", DEFAULT_ACTIVATOR_QUEUE)
+    if isinstance(queue, bool) or not isinstance(queue, int) or queue < 0:
+        raise RouteTableError(f"{where}: activator.queue must be a whole number >= 0, got {queue!r}")
+    timeout = raw.get("timeout_s", DEFAULT_ACTIVATOR_TIMEOUT_S)
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise RouteTableError(f"{where}: activator.timeout_s must be a positive number of seconds, got {timeout!r}")
+    return queue, float(timeout)
 
 
 def parse_host(host: str | None) -> tuple[str, str] | None:
@@ -303,6 +360,8 @@ class Router:
                 continue
             try:
                 new[key] = RouteTable.parse(key, raw)
+                if old is not None:
+                    new[key].carry_split(old)
                 self._raw[key] = raw
                 self.errors.pop(key, None)
             except RouteTableError as exc:

@@ -3,7 +3,10 @@
 It runs on the control plane's event loop. Route tables come from a ``routes()`` callable (the
 store's ``routes``), polled every 100 ms; a table whose ``version`` changed is swapped in whole,
 and requests already sent keep the backend they started on. The controller reads ``in_flight``
-and ``references`` (drain before stopping a revision) and ``stats`` (automatic rollback).
+and ``references`` (drain before stopping a revision), ``stats`` (automatic rollback), ``take``
+(the autoscaler's concurrency and request count per revision) and ``cold_starts``; it calls
+``refresh_soon()`` right after publishing a table, so a replica that just became ready gets the
+requests the activator holds without waiting for the next poll.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from typing import Any, Callable, Mapping
 
 import grpc
 
+from shipyard.control.gateway.activator import Activator
 from shipyard.control.gateway.grpc import GrpcProxy
 from shipyard.control.gateway.observe import Observer, RevisionStats
 from shipyard.control.gateway.rest import RestProxy, new_client
@@ -38,7 +42,7 @@ class Gateway:
 
     def __init__(self, routes: RoutesSource, host: str = "127.0.0.1", http_port: int = 8080,
                  grpc_port: int | None = 8081, *, poll_s: float = POLL_S,
-                 max_request: int = DEFAULT_MAX_REQUEST) -> None:
+                 max_request: int = DEFAULT_MAX_REQUEST, on_demand: Callable[[str], None] | None = None) -> None:
         self.routes = routes
         self.host = host
         self.http_port = http_port
@@ -47,12 +51,16 @@ class Gateway:
         self.max_request = max_request
         self.router = Router()
         self.observer = Observer()
+        self.activator = Activator(on_demand)
+        #: Callables adding Prometheus lines to ``GET /metrics`` (the controller's replica counts).
+        self.metrics_sources: list[Callable[[], list[str]]] = []
         self.mirror: Mirror | None = None
         self._http: HttpServer | None = None
         self._grpc: grpc.aio.Server | None = None
         self._grpc_proxy: GrpcProxy | None = None
         self._clients: list[Any] = []
         self._poller: asyncio.Task[None] | None = None
+        self._refreshing: set[asyncio.Task[bool]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -62,7 +70,8 @@ class Gateway:
         self.mirror.start()
         client, shadow_client = new_client(), new_client(max_connections=16)
         self._clients = [client, shadow_client]
-        app = RestProxy(self.router, self.observer, self.mirror, client, shadow_client)
+        app = RestProxy(self.router, self.observer, self.mirror, client, shadow_client, self.activator,
+                        self.prometheus)
         self._http = HttpServer(app, self.host, self.http_port, self.max_request)
         try:
             await self._http.start()
@@ -76,7 +85,7 @@ class Gateway:
         log.info("gateway listening on %s (REST) and %s (gRPC)", self.http_url, self.grpc_address or "-")
 
     async def _start_grpc(self) -> None:
-        self._grpc_proxy = GrpcProxy(self.router, self.observer, self.mirror)  # type: ignore[arg-type]
+        self._grpc_proxy = GrpcProxy(self.router, self.observer, self.mirror, self.activator)  # type: ignore[arg-type]
         self._grpc = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", self.max_request),
             ("grpc.max_send_message_length", -1),
@@ -123,9 +132,25 @@ class Gateway:
         for problem in self.router.update(raw):
             log.error("ignoring a route table: %s", problem)
         after = self.router.tables
+        self.activator.refreshed(self.router)
         if self._grpc_proxy is not None:
             await self._grpc_proxy.prune()
         return after.keys() != before.keys() or any(table is not before.get(key) for key, table in after.items())
+
+    def refresh_soon(self) -> None:
+        """Read the tables on the next loop turn (the controller just published one)."""
+        if self._http is None:  # not serving (stopped, or not started yet)
+            return
+        task = asyncio.get_running_loop().create_task(self._refresh_logged())
+        self._refreshing.add(task)
+        task.add_done_callback(self._refreshing.discard)
+
+    async def _refresh_logged(self) -> bool:
+        try:
+            return await self.refresh()
+        except Exception:
+            log.exception("reading the route tables failed; keeping the current ones")
+            return False
 
     async def _poll(self) -> None:
         while True:
@@ -153,6 +178,29 @@ class Gateway:
         """Requests, errors and latency of the revision ``key`` over the last ``window_s`` seconds
         (mirrored requests included)."""
         return self.observer.stats(key, window_s)
+
+    def take(self, key: str) -> tuple[float, int]:
+        """(average requests in flight, requests arrived) at the revision ``key`` since the last call,
+        held requests included: the autoscaler's input (call it once per tick)."""
+        return self.activator.take(key)
+
+    def cold_starts(self, key: str) -> dict[str, float | int] | None:
+        """The revision's cold starts: ``{"last": s, "p50": s, "count": n}`` (None before the first)."""
+        return self.activator.cold_starts(key)
+
+    def prometheus(self) -> list[str]:
+        """``GET /metrics``: the activator's numbers, requests in flight, and what the sources add."""
+        lines = self.activator.prometheus()
+        lines += ["# HELP shipyard_gateway_in_flight Requests sent to a revision and not answered yet.",
+                  "# TYPE shipyard_gateway_in_flight gauge"]
+        lines += [f'shipyard_gateway_in_flight{{revision="{key}"}} {self.observer.in_flight(key)}'
+                  for key in self.observer.revisions()]
+        for source in self.metrics_sources:
+            try:
+                lines += source()
+            except Exception:  # a broken source must not break the endpoint
+                log.exception("a metrics source failed")
+        return lines
 
     def shadow_report(self, namespace: str, isvc: str) -> dict[str, Any] | None:
         """What the service's shadow revision answered compared with live (see ``Mirror.report``)."""
