@@ -445,7 +445,7 @@ def test_autoscaling_errors_name_their_field(model_dir):
     document["spec"]["predictor"].update({"minReplicas": 0, "scaleMetric": "cpu"})
     assert errors_of(document) == {
         "metadata.annotations[autoscaling.knative.dev/window]": "'soon' is not a duration; expected e.g. 500ms, 6s, "
-                                                                "1m, 1h or a number of seconds",
+                                                                "1m, 1h, 1h30m or a number of seconds",
         "metadata.annotations[autoscaling.knative.dev/panic-threshold-percentage]": "'50' is out of range; expected "
                                                                                     "between 110 and 1000",
         "metadata.annotations[autoscaling.knative.dev/max-scale-down-rate]": "'1' is out of range; expected greater "

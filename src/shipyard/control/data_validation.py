@@ -18,6 +18,8 @@ import difflib
 import re
 from typing import Any
 
+from shipyard import quantity
+
 Problem = tuple[str, str]
 
 ANNOTATION_PREFIX = "data.shipyard.io/"
@@ -45,8 +47,6 @@ MIGRATE_OPTIONS = {"checksum": '"true" or "false" (verify each copied file by sh
                    "exclude": 'comma-separated globs of paths not copied, e.g. "*.tmp,cache/**"'}
 NOT_LOCAL = "not honoured locally: operations run as threads and processes of the control plane, not pods"
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 
 
@@ -97,20 +97,9 @@ def warnings(kind: str, document: dict[str, Any]) -> list[Problem]:
 # -- shared helpers (the controllers and the SDK use them too) ---------------------------------------
 def parse_duration(value: Any) -> float:
     """``"10s"``, ``"5m"``, ``"1h30m"``, ``"500ms"`` or a number of seconds -> seconds (> 0); ValueError otherwise."""
-    text = str(value).strip().lower() if isinstance(value, (str, int, float)) and not isinstance(value, bool) else ""
-    try:
-        seconds = float(text)
-    except ValueError:
-        seconds, position = 0.0, 0
-        for match in _DURATION.finditer(text):
-            if match.start() != position:
-                break
-            seconds += float(match.group(1)) * _UNITS[match.group(2)]
-            position = match.end()
-        if not text or position != len(text):
-            seconds = -1.0
+    seconds = quantity.parse_duration(value)
     if not seconds > 0:
-        raise ValueError(f"{value!r} is not a duration; expected e.g. 10s, 5m, 1h or a number of seconds")
+        raise ValueError(f"{value!r} is not a positive duration; expected e.g. 10s, 5m, 1h or a number of seconds")
     return seconds
 
 

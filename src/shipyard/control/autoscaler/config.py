@@ -8,11 +8,10 @@ defaults, or raises ``AutoscaleError`` naming the field path; ``config_problems`
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from shipyard.quantity import QuantityError, parse_quantity
+from shipyard.quantity import QuantityError, parse_duration, parse_quantity
 
 KNATIVE = "autoscaling.knative.dev/"
 SHIPYARD = "serving.shipyard.io/"
@@ -37,8 +36,6 @@ SHIPYARD_ANNOTATIONS = tuple(SHIPYARD + name for name in ("autoscale-tick", "act
 CONTAINER_FIELDS = ("model", "sklearn", "xgboost", "lightgbm", "onnx", "pytorch", "huggingface")
 GPU_RESOURCES = ("nvidia.com/gpu", "gpu")
 
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
-_DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": HOUR}
 
 
 class AutoscaleError(ValueError):
@@ -122,38 +119,6 @@ def config_problems(predictor: Any, annotations: Any) -> list[tuple[str, str]]:
     reader = _Reader(predictor, annotations)
     reader.read()
     return reader.problems
-
-
-def parse_duration(value: Any) -> float:
-    """``"500ms"``, ``"6s"``, ``"1m"``, ``"1h"``, ``"1m30s"`` (Go's syntax) or a number of seconds -> seconds (>= 0).
-
-    ValueError says why not.
-    """
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"{value!r} is not a duration; expected e.g. 500ms, 6s, 1m, 1h or a number of seconds")
-    if isinstance(value, (int, float)):
-        seconds = float(value)
-    else:
-        text = value.strip()
-        sign, text = (-1.0, text[1:]) if text.startswith("-") else (1.0, text.removeprefix("+"))
-        try:
-            seconds = sign * float(text)
-        except ValueError:
-            seconds, position = 0.0, 0
-            for match in _DURATION_PART.finditer(text):
-                if match.start() != position:
-                    break
-                seconds += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
-                position = match.end()
-            if not text or position != len(text):
-                raise ValueError(f"{value!r} is not a duration; expected e.g. 500ms, 6s, 1m, 1h or a number of "
-                                 "seconds") from None
-            seconds *= sign
-    if math.isnan(seconds) or math.isinf(seconds):
-        raise ValueError(f"{value!r} is not a duration; expected e.g. 500ms, 6s, 1m, 1h or a number of seconds")
-    if seconds < 0:
-        raise ValueError(f"{value!r} is negative")
-    return seconds
 
 
 def format_duration(seconds: float) -> str:

@@ -13,9 +13,10 @@ timezone (naive stays naive).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+
+from shipyard.quantity import parse_duration
 
 FIELDS = ("minute", "hour", "day-of-month", "month", "day-of-week")
 _RANGES = {"minute": (0, 59), "hour": (0, 23), "day-of-month": (1, 31), "month": (1, 12), "day-of-week": (0, 7)}
@@ -26,8 +27,6 @@ _NAMES = {
 }
 _MACROS = {"@yearly": "0 0 1 1 *", "@annually": "0 0 1 1 *", "@monthly": "0 0 1 * *",
            "@weekly": "0 0 * * 0", "@daily": "0 0 * * *", "@midnight": "0 0 * * *", "@hourly": "0 * * * *"}
-_EVERY = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _SEARCH_YEARS = 8  # a schedule with no fire time in 8 years (e.g. "0 0 30 2 *") never fires
 
 
@@ -93,14 +92,11 @@ def next_fire(schedule: str, after: datetime) -> datetime:
 
 
 def _parse_every(schedule: str, rest: str) -> timedelta:
-    spec = rest.replace(" ", "").lower()
-    pos, seconds = 0, 0.0
-    for match in _EVERY.finditer(spec):
-        if match.start() != pos:
-            break
-        seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-    if not spec or pos != len(spec) or seconds <= 0:
+    try:
+        seconds = parse_duration(rest.replace(" ", "").lower())
+    except ValueError:
+        seconds = 0.0
+    if seconds <= 0:
         raise CronError(f"schedule {schedule!r}: @every expects a positive duration such as 30s, 5m, 1h or "
                         f"1h30m, got {rest!r}")
     return timedelta(seconds=seconds)
