@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from shipyard import __version__
-from shipyard.cli import build, control, data, package, predict, resources, rollout, serve, test, train
+from shipyard.cli import build, control, data, monitor, package, predict, resources, rollout, serve, test, train
 
 app = typer.Typer(
     name="shipyard",
@@ -32,6 +32,7 @@ app.command("logs")(resources.logs)
 app.add_typer(rollout.app, name="rollout")
 app.command("train")(train.train)
 app.add_typer(data.app, name="data")
+app.add_typer(monitor.app, name="monitor")
 
 
 @app.command("version")
