@@ -397,7 +397,6 @@ def test_fields_not_honoured_yet_are_warned_with_their_issue(model_dir):
     assert warnings_of(document) == {
         "spec.transformer": "accepted but not honoured yet: transformers arrive with issue 10",
         "spec.explainer": "accepted but not honoured yet: explainers arrive with issue 10",
-        "spec.predictor.logger": "accepted but not honoured yet: payload logging arrives with issue 10",
         "spec.predictor.scaleMetricType": "'AverageValue' is not honoured: cpu and memory targets are a percentage "
                                           "of the container's request (of one core without a cpu request; MiB per "
                                           "replica without a memory request)",

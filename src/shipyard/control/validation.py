@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from shipyard.control import data_validation, train_validation
 from shipyard.control.autoscaler import config as autoscaling
@@ -58,14 +59,17 @@ URI_SCHEMES = ("file", "http", "https", "s3", "dataset")
 HONOURED_PREDICTOR = {
     "model", *FRAMEWORK_FIELDS, "minReplicas", "maxReplicas", "containerConcurrency", "timeout", "batcher",
     "canaryTrafficPercent", "labels", "annotations", "scaleMetric", "scaleTarget", "scaleMetricType", "autoScaling",
+    "logger",
 }
+#: Fields of ``predictor.logger`` the gateway acts on (payload logging, shipyard.monitor).
+HONOURED_LOGGER = {"mode", "url"}
+LOGGER_MODES = ("all", "request", "response")
 #: Fields of the model container (``model`` or a framework field) the local engine acts on.
 HONOURED_CONTAINER = {"modelFormat", "storageUri", "protocolVersion", "runtime", "name"}
 #: Fields that arrive with a later issue: path (below spec) -> what and which issue.
 LATER = {
     "transformer": "transformers arrive with issue 10",
     "explainer": "explainers arrive with issue 10",
-    "predictor.logger": "payload logging arrives with issue 10",
 }
 
 SHIPYARD_ANNOTATIONS = "serving.shipyard.io/"
@@ -82,6 +86,8 @@ ANNOTATIONS: dict[str, tuple[str, float, float]] = {
     **{key: ("autoscaling", 0, 0) for key in autoscaling.SHIPYARD_ANNOTATIONS},
     # a quantity such as 8Gi: the GPU memory a replica shares (model_source.replica_needs checks it)
     "serving.shipyard.io/gpu-memory": ("resources", 0, 0),
+    # "false": payload logging sends only responses with status 200, as KServe does
+    "serving.shipyard.io/logger-errors": ("boolean", 0, 0),
 }
 
 _INT_RANGES = {"int32": (-(2**31), 2**31 - 1), "int64": (-(2**63), 2**63 - 1)}
@@ -246,6 +252,10 @@ def _annotation_errors(annotations: Any) -> list[FieldError]:
             if not value.strip():
                 errors.append(FieldError(path, "must not be empty"))
             continue
+        if kind == "boolean":
+            if value.strip().lower() not in ("true", "false"):
+                errors.append(FieldError(path, f"{value!r} is not \"true\" or \"false\""))
+            continue
         try:
             number = int(value) if kind == "integer" else float(value)
         except ValueError:
@@ -371,6 +381,38 @@ def _shipyard_errors(spec: dict[str, Any]) -> list[FieldError]:
         return errors  # the schema already said it is missing or not a mapping
     errors += _predictor_form_errors(predictor)
     errors += _range_errors(predictor)
+    errors += _logger_errors(predictor.get("logger"))
+    return errors
+
+
+def _logger_errors(logger: Any) -> list[FieldError]:
+    """``predictor.logger``: a mode of all|request|response and a url the gateway can send to."""
+    if logger is None:
+        return []
+    path = "spec.predictor.logger"
+    if not isinstance(logger, dict):
+        return [FieldError(path, f"expected a mapping with mode and url, got {type(logger).__name__}")]
+    errors = []
+    mode = logger.get("mode", "all")
+    if mode not in LOGGER_MODES:
+        errors.append(FieldError(f"{path}.mode", f"{mode!r} is not one of {', '.join(LOGGER_MODES)}"))
+    url = logger.get("url")
+    if url is None:
+        errors.append(FieldError(f"{path}.url", "required field is missing; set an http(s):// CloudEvents "
+                                 "receiver or file:///path/events.jsonl"))
+    elif not isinstance(url, str):
+        errors.append(FieldError(f"{path}.url", f"expected a URL, got {type(url).__name__}"))
+    else:
+        parsed = urlparse(url)
+        if parsed.scheme in ("http", "https"):
+            if not parsed.hostname:
+                errors.append(FieldError(f"{path}.url", f"{url!r} has no host; e.g. http://localhost:8000/events"))
+        elif parsed.scheme == "file":
+            if parsed.netloc or not parsed.path.startswith("/") or parsed.path.endswith("/"):
+                errors.append(FieldError(f"{path}.url", f"{url!r} is not a file path; write file:///abs/path/events.jsonl"))
+        else:
+            errors.append(FieldError(f"{path}.url", f"{url!r} is not supported; use an http(s):// CloudEvents receiver "
+                                     "or file:///path/events.jsonl"))
     return errors
 
 
@@ -493,6 +535,12 @@ def _warnings(document: dict[str, Any]) -> list[FieldError]:
         if key not in HONOURED_PREDICTOR and f"predictor.{key}" not in LATER and key not in UNSUPPORTED_FRAMEWORKS:
             warnings.append(FieldError(f"spec.predictor.{key}", "not honoured by the local engine (replicas are "
                                        "processes on this machine)"))
+    logger = predictor.get("logger")
+    if isinstance(logger, dict):
+        for key in logger:
+            if key not in HONOURED_LOGGER:
+                warnings.append(FieldError(f"spec.predictor.logger.{key}", "not honoured: the gateway sends every "
+                                           "event itself, batched by its own payload logger"))
     for form in ("model", *FRAMEWORK_FIELDS):
         container = predictor.get(form)
         if not isinstance(container, dict):

@@ -57,6 +57,8 @@ INTERVAL_S = 0.5
 ROUTE_PICKUP_S = 0.5
 #: A revision whose requests have not finished this long after it lost its traffic is stopped anyway.
 DRAIN_TIMEOUT_S = 30.0
+#: "false": payload logging sends only responses with status 200 (KServe's behaviour); failed ones too otherwise.
+LOGGER_ERRORS_ANNOTATION = "serving.shipyard.io/logger-errors"
 DOMAIN = "example.com"
 #: Keys of the gateway's shadow report that the status leaves out (known already, or changing every instant).
 SHADOW_REPORT_SKIPPED = ("namespace", "isvc", "pending")
@@ -85,6 +87,7 @@ class Plan:
         self.published = [t for t in traffic.from_status(status.get("traffic")) if t.revision in self.revisions]
         self.shadow: str | None = None
         self.shadow_percent = 100
+        self.annotations = resource.annotations
 
     def _known(self, revision: str | None) -> str | None:
         return revision if revision in self.revisions else None
@@ -295,8 +298,12 @@ class InferenceServiceController:
         scale = self.scaling.states.get((namespace, plan.latest.name))
         activator = {"queue": scale.config.activator_queue, "timeout_s": scale.config.activator_timeout_s} \
             if scale is not None else None
-        return {"isvc": isvc, "namespace": namespace, "protocol": protocol, "timeout_s": timeout_s,
-                "backends": backends, "shadow": shadow, "activator": activator, "version": 0}
+        table = {"isvc": isvc, "namespace": namespace, "protocol": protocol, "timeout_s": timeout_s,
+                 "backends": backends, "shadow": shadow, "activator": activator, "version": 0}
+        logger = logger_settings(plan.latest.spec, plan.annotations)
+        if logger is not None:
+            table["logger"] = logger
+        return table
 
     def _may_stop(self, replica: Replica, now: float) -> bool:
         """May a draining replica stop? When its revision lost its traffic: once the gateway no longer
@@ -393,6 +400,16 @@ class InferenceServiceController:
 
     async def cancel_starts(self) -> None:
         await self.replicas.cancel_starts()
+
+
+def logger_settings(predictor: dict[str, Any], annotations: dict[str, str]) -> dict[str, Any] | None:
+    """The route table's ``logger`` for a predictor's ``logger`` (validation checked it), with
+    ``errors`` false when the annotation ``serving.shipyard.io/logger-errors`` is "false"."""
+    logger = predictor.get("logger")
+    if not isinstance(logger, dict) or not isinstance(logger.get("url"), str):
+        return None
+    errors = str(annotations.get(LOGGER_ERRORS_ANNOTATION, "true")).strip().lower() != "false"
+    return {"mode": logger.get("mode") or "all", "url": logger["url"], "errors": errors, "component": "predictor"}
 
 
 def _routed_revisions(table: dict[str, Any]) -> set[str]:

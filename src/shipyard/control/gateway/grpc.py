@@ -6,7 +6,10 @@ metadata ``x-shipyard-revision``) and forwarded as raw bytes over one channel pe
 request is parsed once to read its name and the answer not at all. ServerLive, ServerReady and
 ServerMetadata answer for the gateway. A call for a revision without a ready replica (scaled to
 zero) is held by the activator until one is ready, as REST requests are (UNAVAILABLE when the
-activator refuses it). ModelStreamInfer, statistics and the repository API are
+activator refuses it). ModelInfer calls of a service with a ``logger`` are payload-logged like REST
+requests (rest.PayloadTap): the body is the serialized protobuf, content type
+``application/grpc+proto``; a failed call's response event has the status message as its text
+body and ``ce-statuscode`` the gRPC code's number. ModelStreamInfer, statistics and the repository API are
 per replica and answer UNIMPLEMENTED with a message saying what to use instead.
 """
 
@@ -22,9 +25,10 @@ import grpc
 from shipyard import __version__
 from shipyard.control.gateway.activator import Activator
 from shipyard.control.gateway.observe import Observer
-from shipyard.control.gateway.rest import GATEWAY_NAME, REVISION_HEADER, activate
+from shipyard.control.gateway.rest import GATEWAY_NAME, REVISION_HEADER, PayloadTap, activate
 from shipyard.control.gateway.routing import Backend, Replica, RouteTable, Router
 from shipyard.control.gateway.shadow import Answer, Mirror, ShadowJob
+from shipyard.monitor.cloudevents import GRPC_CONTENT_TYPE
 from shipyard.protocol.errors import InferenceError, NotFound, NotReady
 from shipyard.protocol.proto import inference_pb2 as pb
 from shipyard.server.grpc_service import STATUS_CODES
@@ -56,8 +60,10 @@ def _connect_failure(error: grpc.aio.AioRpcError) -> bool:
 class GrpcProxy:
     """Routes and forwards V2 gRPC calls; one channel per replica address, shared by all calls."""
 
-    def __init__(self, router: Router, observer: Observer, mirror: Mirror, activator: Activator | None = None) -> None:
+    def __init__(self, router: Router, observer: Observer, mirror: Mirror, activator: Activator | None = None,
+                 tap: PayloadTap | None = None) -> None:
         self.router = router
+        self.tap = tap or PayloadTap()
         self.observer = observer
         self.mirror = mirror
         self.activator = activator or Activator()
@@ -190,6 +196,10 @@ class GrpcProxy:
         timeout = min(table.timeout_s, remaining) if remaining is not None and math.isfinite(remaining) \
             else table.timeout_s
         live: asyncio.Future[Answer] | None = None
+        logged: str | None = None
+        if mirror and table.logger is not None:  # ModelInfer
+            logged = self.tap.request(table, backend, dict(context.invocation_metadata() or ()), body,
+                                      GRPC_CONTENT_TYPE)
         if mirror:
             shadow = table.mirror()
             if shadow is not None and shadow.revision != backend.revision:
@@ -204,6 +214,12 @@ class GrpcProxy:
             self.observer.end(backend.key, started, answer is not None and not answer.server_error)
             if live is not None:
                 live.set_result(answer or Answer(0, failure="the live request was cancelled"))
+        if logged is not None:
+            if answer.status == 0:
+                self.tap.response(table, backend, logged, answer.body, GRPC_CONTENT_TYPE, 0, True)
+            else:
+                self.tap.response(table, backend, logged, answer.failure.encode() if answer.failure else answer.body,
+                                  "text/plain; charset=utf-8", answer.status, False)
         if answer.status != 0:
             code = _CODES.get(answer.status, grpc.StatusCode.UNKNOWN)
             await context.abort(code, answer.failure or answer.body.decode("utf-8", "replace"))

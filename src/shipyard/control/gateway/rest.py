@@ -8,6 +8,11 @@ picks a revision; otherwise the weighted split does. Bodies and answers pass thr
 byte (binary tensors and compressed bodies included). A revision without a ready replica (scaled
 to zero) gets its requests held by the activator until one is ready (activator.py).
 
+Payload logging: for a service whose table has a ``logger``, each V1 ``:predict`` / V2 ``/infer``
+request and its response are handed to the service's PayloadLogger (shipyard.monitor) as
+CloudEvents sharing one ``ce-id`` (``PayloadTap``); this never waits on the sink nor fails the
+request.
+
 The gateway's own ``GET /metrics`` (Prometheus text) has the activator's held requests, cold
 starts and refusals, requests in flight per revision, and what the controller adds (desired and
 ready replicas per revision).
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable
+from typing import Callable, Mapping
 from urllib.parse import unquote
 
 import httpx
@@ -26,6 +31,8 @@ from shipyard import __version__
 from shipyard.control.gateway.activator import Activator
 from shipyard.control.gateway.observe import Observer
 from shipyard.control.gateway.routing import DEFAULT_NAMESPACE, Backend, Replica, RouteTable, Router
+from shipyard.monitor.cloudevents import event_id, make_event
+from shipyard.monitor.logger import PayloadLoggers
 from shipyard.control.gateway.shadow import Answer, Mirror, ShadowJob
 from shipyard.protocol.errors import InferenceError, NotFound
 from shipyard.protocol.v2 import encode
@@ -119,13 +126,61 @@ def _failed(status: int, message: str, started: float, loop: asyncio.AbstractEve
                   (loop.time() - started) * 1000.0, failure=message, server_error=True)
 
 
+class PayloadTap:
+    """Hands inference requests and responses of services with a ``logger`` to their PayloadLogger.
+    Never raises: a logging problem is logged here and inference goes on."""
+
+    def __init__(self, loggers: PayloadLoggers | None = None) -> None:
+        self.loggers = loggers
+
+    def request(self, table: RouteTable, backend: Backend, headers: Mapping[str, str], body: bytes,
+                content_type: str, content_encoding: str | None = None) -> str | None:
+        """Log the request (mode all|request); returns the id its response will share, None when
+        the service logs nothing."""
+        config = table.logger
+        if config is None or self.loggers is None:
+            return None
+        try:
+            logger = self.loggers.get(table.namespace, table.isvc, config.url)
+            if logger is None:
+                return None
+            id = event_id(headers)
+            if config.requests:
+                logger.log(make_event("request", id, body, content_type, namespace=table.namespace,
+                                      isvc=table.isvc, endpoint=backend.revision, component=config.component,
+                                      content_encoding=content_encoding))
+            return id
+        except Exception:
+            log.exception("payload logging of a request to %s/%s failed", table.namespace, table.isvc)
+            return None
+
+    def response(self, table: RouteTable, backend: Backend, id: str | None, body: bytes, content_type: str,
+                 status: int, ok: bool, content_encoding: str | None = None) -> None:
+        """Log the response (mode all|response); a failed one (not ``ok``) only when the table's
+        ``logger.errors`` is true."""
+        config = table.logger
+        if id is None or config is None or self.loggers is None or not config.responses:
+            return
+        if not ok and not config.errors:
+            return
+        try:
+            logger = self.loggers.get(table.namespace, table.isvc, config.url)
+            if logger is not None:
+                logger.log(make_event("response", id, body, content_type, namespace=table.namespace,
+                                      isvc=table.isvc, endpoint=backend.revision, component=config.component,
+                                      status=status, content_encoding=content_encoding))
+        except Exception:
+            log.exception("payload logging of a response of %s/%s failed", table.namespace, table.isvc)
+
+
 class RestProxy:
     """The ``App`` (Request -> Response) of the gateway's HTTP listener."""
 
     def __init__(self, router: Router, observer: Observer, mirror: Mirror, client: httpx.AsyncClient,
                  shadow_client: httpx.AsyncClient, activator: Activator | None = None,
-                 metrics: Callable[[], list[str]] | None = None) -> None:
+                 metrics: Callable[[], list[str]] | None = None, tap: PayloadTap | None = None) -> None:
         self.router = router
+        self.tap = tap or PayloadTap()
         self.observer = observer
         self.mirror = mirror
         self.client = client
@@ -210,7 +265,12 @@ class RestProxy:
         # without it httpx would ask for gzip; the client's own wish goes to the replica unchanged
         headers["accept-encoding"] = request.headers.get("accept-encoding", "identity")
         live: asyncio.Future[Answer] | None = None
+        logged: str | None = None
         if is_inference(request.method, request.path):
+            if table.logger is not None:
+                logged = self.tap.request(table, backend, request.headers, request.body,
+                                          request.headers.get("content-type", JSON),
+                                          request.headers.get("content-encoding"))
             shadow = table.mirror()
             if shadow is not None and shadow.revision != backend.revision:
                 live = asyncio.get_running_loop().create_future()
@@ -228,6 +288,9 @@ class RestProxy:
         if answer.failure:
             log.warning("%s %s -> %s: %s", request.method, request.path, answer.status, answer.failure)
         content_type = answer.headers.get("content-type", JSON)
+        if logged is not None:
+            self.tap.response(table, backend, logged, answer.body, content_type, answer.status, answer.status == 200,
+                              answer.headers.get("content-encoding"))
         headers_out = [(name, answer.headers[name]) for name in FORWARD_RESPONSE_HEADERS if name in answer.headers]
         headers_out.append((REVISION_HEADER, backend.revision))
         return Response(answer.status, answer.body, content_type, headers_out)

@@ -7,7 +7,12 @@ The controller publishes one table per InferenceService (``store.set_routes``)::
                    "replicas": [{"http": "http://127.0.0.1:41233", "grpc": "127.0.0.1:41234"}]}, ...],
      "shadow": {"revision": "...", "percent": 100, "replicas": [...]} | null,
      "activator": {"queue": 100, "timeout_s": 60},
+     "logger": {"mode": "all", "url": "http://...", "errors": true, "component": "predictor"} | absent,
      "version": 17}
+
+``logger`` (payload logging, ``spec.predictor.logger``): the gateway sends each inference request
+and/or response of the service as a CloudEvent to ``url`` (shipyard.monitor); ``errors`` false
+logs only responses with status 200 (KServe's behaviour).
 
 A backend with ``"activate": true`` takes its share of traffic even without replicas (a revision
 scaled to zero, or starting): its requests are held by the activator (activator.py) until a
@@ -46,6 +51,27 @@ HOST_TAGS = ("latest", "prev")
 DEFAULT_NAMESPACE = "default"
 
 Key = tuple[str, str]  # (namespace, isvc)
+
+
+LOGGER_MODES = ("all", "request", "response")
+
+
+@dataclass(frozen=True)
+class LoggerConfig:
+    """A service's payload logging: what to log (``mode``), where (``url``), failed responses too?"""
+
+    mode: str
+    url: str
+    errors: bool = True
+    component: str = "predictor"
+
+    @property
+    def requests(self) -> bool:
+        return self.mode in ("all", "request")
+
+    @property
+    def responses(self) -> bool:
+        return self.mode in ("all", "response")
 
 
 class RouteTableError(ValueError):
@@ -124,6 +150,7 @@ class RouteTable:
     timeout_s: float
     activator_queue: int = DEFAULT_ACTIVATOR_QUEUE
     activator_timeout_s: float = DEFAULT_ACTIVATOR_TIMEOUT_S
+    logger: LoggerConfig | None = None
     _weights: list[int] = field(default_factory=list, repr=False)
     _shadow_credit: int = field(default=0, repr=False)
 
@@ -165,7 +192,7 @@ class RouteTable:
             raise RouteTableError(f"{where}: 'protocol' must be a string, got {protocol!r}")
         queue, held_s = _activator(raw.get("activator"), where)
         return cls(namespace, isvc, protocol, backends, shadow, version, float(timeout), queue, held_s,
-                   _weights=[0] * len(backends))
+                   _logger(raw.get("logger"), where), _weights=[0] * len(backends))
 
     def carry_split(self, old: "RouteTable") -> None:
         """Keep the weighted round robin's place when only replicas changed (a revision scaled up or
@@ -315,6 +342,27 @@ def _activator(raw: Any, where: str) -> tuple[int, float]:
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
         raise RouteTableError(f"{where}: activator.timeout_s must be a positive number of seconds, got {timeout!r}")
     return queue, float(timeout)
+
+
+def _logger(raw: Any, where: str) -> LoggerConfig | None:
+    """A table's ``logger`` settings (None: no payload logging)."""
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping):
+        raise RouteTableError(f"{where}: 'logger' must be an object with 'mode' and 'url', got {raw!r}")
+    mode = raw.get("mode") or "all"
+    if mode not in LOGGER_MODES:
+        raise RouteTableError(f"{where}: logger.mode must be one of {', '.join(LOGGER_MODES)}, got {mode!r}")
+    url = raw.get("url")
+    if not isinstance(url, str) or not url.startswith(("http://", "https://", "file://")):
+        raise RouteTableError(f"{where}: logger.url must be an http(s):// or file:// URL, got {url!r}")
+    errors = raw.get("errors", True)
+    if not isinstance(errors, bool):
+        raise RouteTableError(f"{where}: logger.errors must be true or false, got {errors!r}")
+    component = raw.get("component") or "predictor"
+    if not isinstance(component, str):
+        raise RouteTableError(f"{where}: logger.component must be a string, got {component!r}")
+    return LoggerConfig(mode, url, errors, component)
 
 
 def parse_host(host: str | None) -> tuple[str, str] | None:

@@ -7,6 +7,11 @@ and ``references`` (drain before stopping a revision), ``stats`` (automatic roll
 (the autoscaler's concurrency and request count per revision) and ``cold_starts``; it calls
 ``refresh_soon()`` right after publishing a table, so a replica that just became ready gets the
 requests the activator holds without waiting for the next poll.
+
+Payload logging: each table with a ``logger`` gets a PayloadLogger (shipyard.monitor) per
+(namespace, isvc, url), opened and closed as tables come and go, its spool in
+``{spool_dir}/{namespace}/{isvc}/{hash of url}`` (``spool_dir`` defaults to
+``$SHIPYARD_HOME/spool``); their counters are in ``GET /metrics`` and ``payload_logging()``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import grpc
@@ -21,9 +27,10 @@ import grpc
 from shipyard.control.gateway.activator import Activator
 from shipyard.control.gateway.grpc import GrpcProxy
 from shipyard.control.gateway.observe import Observer, RevisionStats
-from shipyard.control.gateway.rest import RestProxy, new_client
+from shipyard.control.gateway.rest import PayloadTap, RestProxy, new_client
 from shipyard.control.gateway.routing import Key, RouteTable, Router
 from shipyard.control.gateway.shadow import Mirror
+from shipyard.monitor.logger import PayloadLoggers
 from shipyard.server.http import HttpServer
 
 log = logging.getLogger("shipyard.gateway")
@@ -42,7 +49,8 @@ class Gateway:
 
     def __init__(self, routes: RoutesSource, host: str = "127.0.0.1", http_port: int = 8080,
                  grpc_port: int | None = 8081, *, poll_s: float = POLL_S,
-                 max_request: int = DEFAULT_MAX_REQUEST, on_demand: Callable[[str], None] | None = None) -> None:
+                 max_request: int = DEFAULT_MAX_REQUEST, on_demand: Callable[[str], None] | None = None,
+                 spool_dir: Path | None = None, logger_options: Mapping[str, Any] | None = None) -> None:
         self.routes = routes
         self.host = host
         self.http_port = http_port
@@ -52,6 +60,9 @@ class Gateway:
         self.router = Router()
         self.observer = Observer()
         self.activator = Activator(on_demand)
+        #: Payload loggers of the services whose table has a ``logger``.
+        self.loggers = PayloadLoggers(spool_dir, **(logger_options or {}))
+        self.tap = PayloadTap(self.loggers)
         #: Callables adding Prometheus lines to ``GET /metrics`` (the controller's replica counts).
         self.metrics_sources: list[Callable[[], list[str]]] = []
         self.mirror: Mirror | None = None
@@ -71,7 +82,7 @@ class Gateway:
         client, shadow_client = new_client(), new_client(max_connections=16)
         self._clients = [client, shadow_client]
         app = RestProxy(self.router, self.observer, self.mirror, client, shadow_client, self.activator,
-                        self.prometheus)
+                        self.prometheus, self.tap)
         self._http = HttpServer(app, self.host, self.http_port, self.max_request)
         try:
             await self._http.start()
@@ -85,7 +96,8 @@ class Gateway:
         log.info("gateway listening on %s (REST) and %s (gRPC)", self.http_url, self.grpc_address or "-")
 
     async def _start_grpc(self) -> None:
-        self._grpc_proxy = GrpcProxy(self.router, self.observer, self.mirror, self.activator)  # type: ignore[arg-type]
+        self._grpc_proxy = GrpcProxy(self.router, self.observer, self.mirror, self.activator,  # type: ignore[arg-type]
+                                     self.tap)
         self._grpc = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", self.max_request),
             ("grpc.max_send_message_length", -1),
@@ -119,6 +131,7 @@ class Gateway:
             await self._grpc_proxy.close()
         for client in self._clients:
             await client.aclose()
+        await asyncio.to_thread(self.loggers.close)  # queued events reach the spool; delivery gets 2 s
         self._http = self._grpc = self._grpc_proxy = None
         self._clients = []
 
@@ -132,10 +145,22 @@ class Gateway:
         for problem in self.router.update(raw):
             log.error("ignoring a route table: %s", problem)
         after = self.router.tables
+        self._sync_loggers()
         self.activator.refreshed(self.router)
         if self._grpc_proxy is not None:
             await self._grpc_proxy.prune()
         return after.keys() != before.keys() or any(table is not before.get(key) for key, table in after.items())
+
+    def _sync_loggers(self) -> None:
+        wanted = {(t.namespace, t.isvc, t.logger.url) for t in self.router.tables.values() if t.logger is not None}
+        if not wanted and not self.loggers.loggers:
+            return
+        for logger in self.loggers.sync(wanted):  # closed off the loop: it may deliver for a moment
+            asyncio.get_running_loop().run_in_executor(None, logger.close)
+
+    def payload_logging(self) -> dict[str, dict[str, Any]]:
+        """Each payload logger's counters, by ``namespace/isvc url``."""
+        return self.loggers.stats()
 
     def refresh_soon(self) -> None:
         """Read the tables on the next loop turn (the controller just published one)."""
@@ -195,6 +220,7 @@ class Gateway:
                   "# TYPE shipyard_gateway_in_flight gauge"]
         lines += [f'shipyard_gateway_in_flight{{revision="{key}"}} {self.observer.in_flight(key)}'
                   for key in self.observer.revisions()]
+        lines += self.loggers.prometheus()
         for source in self.metrics_sources:
             try:
                 lines += source()
