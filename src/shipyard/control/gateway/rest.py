@@ -31,9 +31,9 @@ from shipyard import __version__
 from shipyard.control.gateway.activator import Activator
 from shipyard.control.gateway.observe import Observer
 from shipyard.control.gateway.routing import DEFAULT_NAMESPACE, Backend, Replica, RouteTable, Router
+from shipyard.control.gateway.shadow import Answer, Mirror, ShadowJob
 from shipyard.monitor.cloudevents import event_id, make_event
 from shipyard.monitor.logger import PayloadLoggers
-from shipyard.control.gateway.shadow import Answer, Mirror, ShadowJob
 from shipyard.protocol.errors import InferenceError, NotFound
 from shipyard.protocol.v2 import encode
 from shipyard.server.rest import JSON, Request, Response, error_response, json_response
