@@ -25,7 +25,7 @@ $(BIN)/python:
 $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	@bash scripts/apt-install.sh $(APT_PACKAGES)
 	$(BIN)/python -m pip install --quiet $(EXTRA_PACKAGES)
-	$(BIN)/python -m pip install --quiet -e '.[sklearn,lightgbm,onnx,pytorch,huggingface,train,data,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[sklearn,lightgbm,onnx,pytorch,huggingface,train,data,explain,tracing,dev]'
 	@touch $(STAMP)
 
 install: $(STAMP)

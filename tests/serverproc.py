@@ -16,20 +16,24 @@ from typing import Iterator
 import httpx
 
 LISTENING = re.compile(r"listening on (http://\S+)")
-GRPC_LISTENING = re.compile(r"gRPC listening on (\S+)")
+GRPC_LISTENING = re.compile(r"gRPC listening on ([^\s\"]+)")  # stops at the quote of a JSON log line
 
 
 class ServerProcess:
     """A running ``shipyard serve``; ``url`` is set once it listens."""
 
-    def __init__(self, *args: str | Path, env: dict[str, str] | None = None) -> None:
-        command = [sys.executable, "-m", "shipyard", "serve", *map(str, args)]
-        if "--http-port" not in command and "-p" not in command:
-            command += ["--http-port", "0"]
-        if "--grpc-port" not in command and "--no-grpc" not in command:
-            command += ["--grpc-port", "0"]
-        if "--workers" not in command:  # one process unless a test is about workers
-            command += ["--workers", "1"]
+    def __init__(self, *args: str | Path, env: dict[str, str] | None = None,
+                 subcommand: tuple[str, ...] = ("serve",)) -> None:
+        """``shipyard serve ARGS`` on free ports, or ``shipyard SUBCOMMAND ARGS`` as given (e.g.
+        ``subcommand=("monitor", "serve")``)."""
+        command = [sys.executable, "-m", "shipyard", *subcommand, *map(str, args)]
+        if subcommand == ("serve",):
+            if "--http-port" not in command and "-p" not in command:
+                command += ["--http-port", "0"]
+            if "--grpc-port" not in command and "--no-grpc" not in command:
+                command += ["--grpc-port", "0"]
+            if "--workers" not in command:  # one process unless a test is about workers
+                command += ["--workers", "1"]
         self.process = subprocess.Popen(
             command,
             stdout=subprocess.PIPE,

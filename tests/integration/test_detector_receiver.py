@@ -3,11 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -20,9 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-pytestmark = pytest.mark.integration
+from serverproc import ServerProcess
 
-LISTENING = re.compile(r"listening on (http://\S+)")
+pytestmark = pytest.mark.integration
 
 
 class AlertSink:
@@ -56,41 +52,11 @@ class AlertSink:
             return list(self.events)
 
 
-class Receiver:
+class Receiver(ServerProcess):
+    """``shipyard monitor serve --port 0 ARGS`` as a real process (serverproc's output pump)."""
+
     def __init__(self, *args: str) -> None:
-        code = "import sys; from shipyard.cli.monitor import app; sys.argv[0] = 'shipyard monitor'; app()"
-        self.process = subprocess.Popen([sys.executable, "-c", code, "serve", "--port", "0", *args],
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        self.lines: list[str] = []
-        self.url: str | None = None
-        self._listening = threading.Event()
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.append(line.rstrip("\n"))
-            match = LISTENING.search(line)
-            if match and self.url is None:
-                self.url = match.group(1)
-                self._listening.set()
-        self._listening.set()
-
-    def wait_listening(self, timeout: float = 30) -> str:
-        if not self._listening.wait(timeout) or self.url is None:
-            raise RuntimeError("receiver did not start:\n" + "\n".join(self.lines))
-        return self.url
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
+        super().__init__("--port", "0", *args, subcommand=("monitor", "serve"), env={"PYTHONUNBUFFERED": "1"})
 
 
 @pytest.fixture
@@ -200,7 +166,7 @@ def test_drift_alert_on_shifted_traffic_only(tmp_path: Path, sink: AlertSink) ->
         assert len(sink.events) == 1
     finally:
         code = receiver.stop()
-    output = "\n".join(receiver.lines)
+    output = receiver.output
     assert "ALERT detector=drift statistic=drift" in output
     assert code == 0, output
 
@@ -231,9 +197,8 @@ def test_bad_options_fail_with_a_message(tmp_path: Path) -> None:
     reference = tmp_path / "reference.csv"
     sample(0, 20).to_csv(reference, index=False)
     receiver = Receiver("--detector", "bias", "--reference", str(reference))
-    assert receiver.process.wait(30) == 1
-    receiver._listening.wait(5)
-    assert "--protected" in "\n".join(receiver.lines)
+    assert receiver.wait_exit(30) == 1
+    assert "--protected" in receiver.output
 
 
 def test_bias_pairs_by_ce_id_and_takes_feedback(tmp_path: Path, sink: AlertSink) -> None:

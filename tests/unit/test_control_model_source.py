@@ -67,7 +67,7 @@ def test_model_form_maps_every_predictor_field(model_dir):
     assert command.argv == [str(model_dir), "--name", "sklearn-iris", "--max-batch-size", "32",
                             "--max-latency-ms", "5", "--max-queue", "8"]
     assert (command.protocol, command.timeout_s, command.format) == ("v2", 30.0, "sklearn")
-    assert command.env == {"OMP_NUM_THREADS": "1"}
+    assert command.env == {"OMP_NUM_THREADS": "1", "OTEL_SERVICE_NAME": "sklearn-iris-predictor"}
     assert command.warnings == [
         "spec.predictor.model.runtime: 'kserve-sklearnserver' is ignored; Shipyard serves every format with its own runtime",
         "spec.predictor.model.env[1].valueFrom: not honoured locally; set 'value' instead",
@@ -99,8 +99,8 @@ def test_custom_format_takes_a_package_or_a_model_py_folder(tmp_path, artifacts,
     ({"tensorflow": {"storageUri": "/m"}}, "spec.predictor.tensorflow: is not served by Shipyard"),
     ({}, "spec.predictor: needs 'model' (modelFormat + storageUri) or a framework field"),
     ({"model": {"storageUri": "/m"}}, "spec.predictor.model.modelFormat.name: is required"),
-    (model("/m", "pmml"), "spec.predictor.model.modelFormat.name: 'pmml' is not served by Shipyard; expected one of "
-     "sklearn, xgboost, lightgbm, onnx, pytorch, huggingface, custom"),
+    (model("/m", "pmml"), "spec.predictor.model.modelFormat.name: 'pmml' is not served by Shipyard as a predictor; "
+     "expected one of sklearn, xgboost, lightgbm, onnx, pytorch, huggingface, custom, detector"),
     ({"model": {"modelFormat": {"name": "sklearn"}}}, "spec.predictor.model.storageUri: is required"),
     (model("models/iris"), "spec.predictor.model.storageUri: 'models/iris' is relative; give an absolute path"),
     (model("/no/such/model"), "spec.predictor.model.storageUri: '/no/such/model' does not exist"),

@@ -294,7 +294,7 @@ def test_exactly_one_predictor_form(model_dir):
 
 
 def test_unsupported_formats_name_the_supported_ones(model_dir):
-    supported = "sklearn, xgboost, lightgbm, onnx, pytorch, huggingface, custom"
+    supported = "sklearn, xgboost, lightgbm, onnx, pytorch, huggingface, custom, detector"
     assert predictor_errors(model_dir, {"tensorflow": {"storageUri": str(model_dir)}}) == {
         "spec.predictor.tensorflow": f"tensorflow models are not supported; Shipyard serves {supported} (custom: a "
                                      "Shipyard package)"}
@@ -380,7 +380,7 @@ def test_all_errors_come_at_once(model_dir):
 
 
 # -- warnings ---------------------------------------------------------------------------------------
-def test_fields_not_honoured_yet_are_warned_with_their_issue(model_dir):
+def test_fields_not_honoured_are_warned_by_path(model_dir):
     document = local(KSERVE_SKLEARN, model_dir)
     document["metadata"]["annotations"] = {"serving.kserve.io/deploymentMode": "Serverless",
                                            "example.com/team": "ml", "serving.shipyard.io/shadow-percnt": "5",
@@ -392,11 +392,7 @@ def test_fields_not_honoured_yet_are_warned_with_their_issue(model_dir):
                       "scaleMetricType": "AverageValue", "autoScaling": {"metrics": []},
                       "logger": {"mode": "all", "url": "http://dumper"}, "nodeSelector": {"gpu": "yes"}})
     predictor["model"]["env"] = [{"name": "OMP_NUM_THREADS", "value": "1"}]
-    document["spec"]["transformer"] = {"containers": [{"name": "kserve-container", "image": "me/transformer"}]}
-    document["spec"]["explainer"] = {"art": {"type": "SquareAttack"}}
     assert warnings_of(document) == {
-        "spec.transformer": "accepted but not honoured yet: transformers arrive with issue 10",
-        "spec.explainer": "accepted but not honoured yet: explainers arrive with issue 10",
         "spec.predictor.scaleMetricType": "'AverageValue' is not honoured: cpu and memory targets are a percentage "
                                           "of the container's request (of one core without a cpu request; MiB per "
                                           "replica without a memory request)",

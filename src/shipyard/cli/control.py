@@ -14,6 +14,7 @@ from typing import Any, Optional
 import httpx
 import typer
 
+from shipyard import logformat, tracing
 from shipyard.cli.errors import fail
 from shipyard.home import shipyard_home
 
@@ -30,6 +31,10 @@ def up(
     home: Optional[Path] = typer.Option(None, "--home", help="State folder (default: $SHIPYARD_HOME, else "
                                         "~/.shipyard).", show_default=False),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
+    log_format: Optional[str] = typer.Option(
+        None, "--log-format", help="text, or json: one JSON object per line, for the plane and its replicas "
+        "(default: $SHIPYARD_LOG_FORMAT, else text).", show_default=False,
+    ),
 ) -> None:
     """Start the control plane: API on :8400, gateway on :8080 (REST) and :8081 (gRPC).
 
@@ -54,6 +59,11 @@ def up(
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         fail(f"--log-level must be debug, info, warning or error, got '{log_level}'", code=2)
+    try:
+        os.environ[logformat.ENV] = logformat.resolve(log_format)  # replicas and a detached plane inherit it
+        tracing.exporters_from(os.environ)  # a bad OTEL_* variable fails here, not in the background
+    except ValueError as exc:
+        fail(str(exc), code=2)
     if home is not None:  # replicas and every helper read it from the environment
         os.environ["SHIPYARD_HOME"] = str(home.expanduser().resolve())
     state = shipyard_home()
@@ -64,7 +74,11 @@ def up(
     if detach:
         _detach(state, api_port, http_port, grpc_port, log_level)
         return
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logformat.setup(level, os.environ[logformat.ENV])
+    try:
+        tracing.configure("shipyard-gateway")  # only when OTEL_* ask for it; replicas inherit them
+    except ValueError as exc:
+        fail(str(exc), code=2)
     logging.getLogger("httpx").setLevel(max(level, logging.WARNING))  # one line per health check otherwise
     use_uvloop()
     try:
@@ -75,14 +89,22 @@ def up(
 
 
 def _announce(info: dict[str, Any]) -> None:
-    print(f"Shipyard control plane {info['version']} running (pid {info['pid']}, state in {info['home']})", flush=True)
+    _say(f"Shipyard control plane {info['version']} running (pid {info['pid']}, state in {info['home']})")
     _print_urls(info)
-    print("Apply a service: shipyard apply -f isvc.yaml. Ctrl+C stops the plane and its replicas.", flush=True)
+    _say("Apply a service: shipyard apply -f isvc.yaml. Ctrl+C stops the plane and its replicas.")
 
 
 def _print_urls(info: dict[str, Any]) -> None:
-    print(f"  API:      {info['api_url']}", flush=True)
-    print(f"  Gateway:  {info['gateway_url']} (REST), {info.get('gateway_grpc') or '-'} (gRPC)", flush=True)
+    _say(f"  API:      {info['api_url']}")
+    _say(f"  Gateway:  {info['gateway_url']} (REST), {info.get('gateway_grpc') or '-'} (gRPC)")
+
+
+def _say(message: str) -> None:
+    """A line for the user; a JSON line with JSON logs."""
+    if logformat.ACTIVE:
+        logformat.emit(message.strip(), logger="shipyard.control")
+    else:
+        print(message, flush=True)
 
 
 def _detach(state: Path, api_port: int, http_port: int, grpc_port: int, log_level: str) -> None:

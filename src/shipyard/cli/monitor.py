@@ -23,10 +23,20 @@ app = typer.Typer(
 
 @app.command()
 def serve(
-    detector: str = typer.Option(..., "--detector", "-d", show_default=False,
-                                 help="drift, outlier, bias, or a custom detector as package.module:Class."),
-    reference: Path = typer.Option(..., "--reference", "-r", show_default=False,
-                                   help="The reference sample: .csv, .parquet or .npy (columns are the features)."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", show_default=False,
+                                          help="A detector folder (detector.yaml + reference); the options below "
+                                          "override its settings."),
+    detector: Optional[str] = typer.Option(None, "--detector", "-d", show_default=False,
+                                           help="drift, outlier, bias, or a custom detector as package.module:Class."),
+    reference: Optional[Path] = typer.Option(None, "--reference", "-r", show_default=False,
+                                             help="The reference sample: .csv, .parquet or .npy (columns are the "
+                                             "features)."),
+    name: Optional[str] = typer.Option(None, "--name", "-n", show_default=False,
+                                       help="Model name of its /v2/models/NAME routes (default: the folder's name, "
+                                       "or the detector's)."),
+    state: Optional[Path] = typer.Option(None, "--state", show_default=False,
+                                         help="Save the window, counters and feedback here and load them at start "
+                                         "(with --config: default $SHIPYARD_HOME/monitor/NAME/state.json)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
     port: int = typer.Option(8480, "--port", "-p", help="Port to listen on (0: any free port)."),
     alert_url: Optional[str] = typer.Option(None, "--alert-url", show_default=False,
@@ -58,14 +68,25 @@ def serve(
     label_column: Optional[str] = typer.Option(None, "--label-column", show_default=False,
                                                help="A label column of the reference file, dropped before fitting."),
 ) -> None:
-    """Serve a detector: POST CloudEvents to /, scrape /metrics, send labels to /feedback."""
+    """Serve a detector: POST CloudEvents to /, scrape /metrics, send labels to /feedback, score rows at
+    /v2/models/NAME/infer."""
     from shipyard.monitor.receiver import build, run
 
     options = dict(window=window, min_rows=min_rows, alpha=alpha, correction=correction,
                    categorical=categorical or None, method=method, threshold=threshold, percentile=percentile,
                    protected=protected, positive_label=_label(positive_label))
+    if config is not None:
+        if detector is not None or reference is not None or label_column is not None:
+            fail("--config FOLDER has the detector, its reference and label column in detector.yaml; leave out "
+                 "--detector, --reference and --label-column", code=2)
+        serve_folder_command(config, name=name, host=host, port=port, state=state,
+                             overrides={**options, "alert_url": alert_url})
+        return
+    if detector is None or reference is None:
+        fail("give --detector and --reference, or --config FOLDER (a folder with detector.yaml)", code=2)
     try:
-        receiver = build(detector, reference, alert_url=alert_url, label_column=label_column, **options)
+        receiver = build(detector, reference, alert_url=alert_url, label_column=label_column, name=name,
+                         state_path=state, **options)
     except (ValueError, TypeError, OSError) as exc:
         fail(str(exc))
     import asyncio
@@ -76,6 +97,26 @@ def serve(
         asyncio.run(run(receiver, host, port))
     except OSError as exc:
         fail(f"cannot listen on {host}:{port}: {exc} (choose another --port)")
+
+
+def serve_folder_command(folder: Path, *, name: str | None = None, host: str = "127.0.0.1", port: int = 8080,
+                         state: Path | None = None, overrides: dict[str, object] | None = None) -> None:
+    """Serve a detector folder, reporting a bad folder or a taken port as CLI errors (``shipyard serve FOLDER``
+    and ``shipyard monitor serve --config FOLDER``)."""
+    import logging
+
+    from shipyard.cli.errors import warn
+    from shipyard.monitor.detector_folder import DetectorConfigError, serve_folder
+
+    if not 0 <= port <= 65535:
+        fail(f"the port must be between 0 and 65535, got {port}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        serve_folder(folder, name=name, host=host, port=port, state_path=state, overrides=overrides, warn=warn)
+    except DetectorConfigError as exc:
+        fail(str(exc))
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc} (choose another port)")
 
 
 def _label(value: str | None) -> object:

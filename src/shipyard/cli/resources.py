@@ -459,7 +459,8 @@ def describe_text(described: dict[str, Any]) -> str:
     lines.append(_conditions_text(status.get("conditions") or []))
     lines.append("Revisions:" + ("" if described.get("revisions") else "    <none>"))
     if described.get("revisions"):
-        traffic = {entry.get("revisionName"): entry for entry in predictor.get("traffic") or []}
+        traffic = {entry.get("revisionName"): entry for part in (status.get("components") or {}).values()
+                   for entry in part.get("traffic") or []}  # the predictor's, transformer's and explainer's
         replicas = described.get("replicas") or []
         rows = []
         for revision in described["revisions"]:

@@ -6,12 +6,14 @@ import logging
 import os
 import re
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import click
 import typer
 
+from shipyard import logformat, tracing
 from shipyard.cli.errors import fail, warn
+from shipyard.monitor.detector_folder import is_detector_folder
 from shipyard.package.repository import RepositoryFolder, make_resolver
 from shipyard.package.source import model_source
 from shipyard.runtimes.base import ModelSource
@@ -19,6 +21,7 @@ from shipyard.server.batching import BatchPolicy
 from shipyard.server.reloader import WatchedModel
 from shipyard.server.runner import DEFAULT_MAX_REQUEST_SIZE, ServeOptions
 from shipyard.server.runner import serve as run_server
+from shipyard.server.upstream import Upstream
 
 _SIZE = re.compile(r"^\s*(\d+)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
@@ -92,6 +95,40 @@ def serve(
         "Implies --workers 1.",
     ),
     log_level: str = typer.Option("warning", help="debug, info, warning or error."),
+    log_format: Optional[str] = typer.Option(
+        None, "--log-format", help="text, or json: one JSON object per line with the request id (default: "
+        "$SHIPYARD_LOG_FORMAT, else text).", show_default=False,
+    ),
+    predictor_url: Optional[str] = typer.Option(
+        None, "--predictor-url", help="Serve as a transformer or explainer of the predictor at this URL "
+        "(http://HOST:PORT): a model.py without predict() forwards its preprocessed inputs there.",
+        show_default=False, rich_help_panel="Transformer / explainer",
+    ),
+    predictor_protocol: str = typer.Option(
+        "v2", "--predictor-protocol", help="How to call the predictor: v1, v2 or grpc-v2.",
+        rich_help_panel="Transformer / explainer",
+    ),
+    predictor_host: Optional[str] = typer.Option(
+        None, "--predictor-host", help="Host header (gRPC :authority) to send with each predictor call, e.g. "
+        "NAME-predictor.default.example.com through a Shipyard gateway.", show_default=False,
+        rich_help_panel="Transformer / explainer",
+    ),
+    predictor_model: Optional[str] = typer.Option(
+        None, "--predictor-model", help="The predictor's model name (default: the served model's own name).",
+        show_default=False, rich_help_panel="Transformer / explainer",
+    ),
+    predictor_grpc_url: Optional[str] = typer.Option(
+        None, "--predictor-grpc-url", help="Where the predictor's gRPC is when it is not at --predictor-url's "
+        "host and port (grpc://HOST:PORT).", show_default=False, rich_help_panel="Transformer / explainer",
+    ),
+    predictor_timeout: float = typer.Option(
+        600.0, "--predictor-timeout", help="Seconds a predictor call may take.",
+        rich_help_panel="Transformer / explainer",
+    ),
+    predictor_retries: int = typer.Option(
+        0, "--predictor-retries", help="Retries of a predictor call that could not connect.",
+        rich_help_panel="Transformer / explainer",
+    ),
 ) -> None:
     """Serve models over the Open Inference Protocol (V2, REST and gRPC) and KServe V1.
 
@@ -107,6 +144,12 @@ def serve(
     """
     models = models or []
     names = name or []
+    if len(models) == 1 and model_repository is None and is_detector_folder(models[0]):
+        # a detector folder (detector.yaml): its receiver; gRPC, workers and batching do not apply
+        from shipyard.cli.monitor import serve_folder_command
+
+        serve_folder_command(Path(models[0]), name=names[0] if names else None, host=host, port=http_port)
+        return
     if not models and model_repository is None:
         fail("give at least one MODEL, or --model-repository DIR (see shipyard serve --help)", code=2)
     if load_on_request and model_repository is None:
@@ -125,7 +168,11 @@ def serve(
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         fail(f"--log-level must be debug, info, warning or error, got '{log_level}'")
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        logformat.setup(level, logformat.resolve(log_format))
+        tracing.configure("shipyard-server")  # only when OTEL_* ask for it
+    except ValueError as exc:
+        fail(str(exc), code=2)
     sources = []
     for index, argument in enumerate(models):
         try:
@@ -149,6 +196,22 @@ def serve(
     duplicates = sorted({n for n in taken if taken.count(n) > 1})
     if duplicates:
         fail(f"two models would be served as '{duplicates[0]}'; name them apart with --name")
+    attach: Callable[[ModelSource], ModelSource] = lambda source: source
+    if predictor_url is not None:
+        if predictor_timeout <= 0 or predictor_retries < 0:
+            fail("--predictor-timeout must be above 0 and --predictor-retries at least 0")
+        try:
+            Upstream(predictor_url, "check", predictor_protocol, predictor_host, grpc_url=predictor_grpc_url)
+        except ValueError as exc:
+            fail(str(exc), code=2)
+
+        def attach(source: ModelSource) -> ModelSource:
+            source.options["upstream"] = Upstream(
+                predictor_url, predictor_model or source.name, predictor_protocol, predictor_host,
+                predictor_timeout, predictor_retries, predictor_grpc_url)
+            return source
+
+        sources = [attach(source) for source in sources]
     options = ServeOptions(
         host=host,
         http_port=http_port,
@@ -159,7 +222,7 @@ def serve(
         batching=BatchPolicy(max_batch_size, max_latency_ms, max_queue),
         workers=workers,
         memory_limit=parse_size(memory_limit) if memory_limit else None,
-        reload=[_watched(argument, source) for argument, source in zip(models, sources)] if reload else [],
+        reload=[_watched(argument, source, attach) for argument, source in zip(models, sources)] if reload else [],
     )
     raise typer.Exit(run_server(sources, options))
 
@@ -175,8 +238,8 @@ def _prepare_reload(ctx: typer.Context, workers: int, model_repository: Optional
     return 1
 
 
-def _watched(argument: str, source: ModelSource) -> WatchedModel:
+def _watched(argument: str, source: ModelSource, attach: Callable[[ModelSource], ModelSource]) -> WatchedModel:
     """Watch the MODEL argument (package folder or artifact file); on change, read it again under the
-    same name."""
+    same name (``attach`` gives it the predictor it calls, if any)."""
     path = Path(argument).expanduser().resolve()
-    return WatchedModel(source.name, path, lambda: model_source(path, source.name)[0])
+    return WatchedModel(source.name, path, lambda: attach(model_source(path, source.name)[0]))

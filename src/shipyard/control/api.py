@@ -36,6 +36,7 @@ from typing import Any
 from shipyard import __version__
 from shipyard.control import logs
 from shipyard.control import data_validation, train_validation
+from shipyard.control.components import COMPONENTS, component_key, split_key
 from shipyard.control.resources import (
     CACHE_RUNTIME,
     CLUSTER_TRAINING_RUNTIME,
@@ -239,9 +240,13 @@ class ControlApi:
         if kind is not INFERENCE_SERVICE:
             described["events"] = [asdict(event) for event in self.store.events(kind.kind, namespace, name)]
             return json_response(described)
-        described["revisions"] = [asdict(revision) for revision in self.store.revisions(namespace, name)]
-        described["replicas"] = [asdict(replica) for replica in self.store.replicas(namespace, name)]
-        described["routes"] = self.store.routes().get((namespace, name))
+        keys = [component_key(name, component) for component in COMPONENTS]  # predictor, transformer, explainer
+        described["revisions"] = [asdict(revision) for key in keys for revision in self.store.revisions(namespace, key)]
+        described["replicas"] = [asdict(replica) for key in keys for replica in self.store.replicas(namespace, key)]
+        routes = self.store.routes()
+        described["routes"] = routes.get((namespace, name))
+        described["componentRoutes"] = {split_key(key)[1]: routes[(namespace, key)] for key in keys[1:]
+                                        if (namespace, key) in routes}
         described["events"] = [asdict(event) for event in self.store.events(kind.kind, namespace, name)]
         return json_response(described)
 
@@ -324,7 +329,8 @@ class ControlApi:
                            "NAME)")
         if kind is not INFERENCE_SERVICE:
             return self._step_logs(kind, resource, namespace, name, revision)
-        replicas = self.store.replicas(namespace, name)
+        replicas = [replica for component in COMPONENTS
+                    for replica in self.store.replicas(namespace, component_key(name, component))]
         recorded = {Path(replica.log_path): replica.revision for replica in replicas if replica.log_path}
         files = logs.files_in(self.logs_dir / namespace / name, recorded)
         if revision in ("latest", "prev"):

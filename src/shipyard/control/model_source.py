@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from shipyard.control.components import EXPLAINER, PREDICTOR, TRANSFORMER, split_key
 from shipyard.home import shipyard_home
 from shipyard.package.config import CONFIG_FILE
 from shipyard.package.source import model_source as package_model_source
@@ -53,6 +54,13 @@ from shipyard.runtimes.registry import FormatError, normalise_format
 LEGACY_FORMATS = ("sklearn", "xgboost", "lightgbm", "onnx", "pytorch", "huggingface")
 #: ``modelFormat.name`` values Shipyard serves; ``custom`` is a Shipyard package or model.py folder.
 MODEL_FORMATS = LEGACY_FORMATS + ("custom",)
+#: ``modelFormat.name`` values each component takes (a transformer is a model.py with preprocess/postprocess;
+#: an explainer is the built-in black-box SHAP explainer or a model.py with explain()).
+COMPONENT_FORMATS = {PREDICTOR: MODEL_FORMATS + ("detector",), TRANSFORMER: ("custom",), EXPLAINER: ("shap", "custom")}
+COMPONENT_HINTS = {
+    TRANSFORMER: "a folder with model.py whose preprocess()/postprocess() run around the predictor",
+    EXPLAINER: "shap (a folder with the background sample) or a folder with model.py defining explain()",
+}
 #: Legacy fields KServe has that no Shipyard runtime serves.
 UNSUPPORTED_LEGACY = ("tensorflow", "triton", "pmml", "paddle")
 PROTOCOLS = ("v1", "v2", "grpc-v1", "grpc-v2")
@@ -87,28 +95,35 @@ def models_cache() -> Path:
     return shipyard_home() / "cache" / "models"
 
 
-def predictor_model(predictor: dict[str, Any]) -> tuple[str, dict[str, Any], str]:
-    """The model part of a predictor: (its field path, its mapping, its format name)."""
+def predictor_model(predictor: dict[str, Any], component: str = PREDICTOR) -> tuple[str, dict[str, Any], str]:
+    """The model part of a component (``predictor``, ``transformer`` or ``explainer``): (its field path,
+    its mapping, its format name)."""
+    root = f"spec.{component}"
+    formats = COMPONENT_FORMATS[component]
     if "model" in predictor:
         model = predictor["model"] or {}
         name = (model.get("modelFormat") or {}).get("name")
         if not name:
-            raise ModelSourceError("spec.predictor.model.modelFormat.name", "is required (e.g. sklearn)")
-        if name.lower() not in MODEL_FORMATS:
-            raise ModelSourceError("spec.predictor.model.modelFormat.name",
-                                   f"'{name}' is not served by Shipyard; expected one of {', '.join(MODEL_FORMATS)}")
-        return "spec.predictor.model", model, name.lower()
+            raise ModelSourceError(f"{root}.model.modelFormat.name", f"is required (e.g. {formats[0]})")
+        if name.lower() not in formats:
+            raise ModelSourceError(f"{root}.model.modelFormat.name",
+                                   f"'{name}' is not served by Shipyard as a {component}; expected one of "
+                                   f"{', '.join(formats)}")
+        return f"{root}.model", model, name.lower()
+    if component != PREDICTOR:
+        raise ModelSourceError(root, f"needs 'model' (modelFormat {' or '.join(formats)} + storageUri): "
+                               + COMPONENT_HINTS[component])
     for legacy in LEGACY_FORMATS:
         if legacy in predictor:
-            return f"spec.predictor.{legacy}", predictor[legacy] or {}, legacy
+            return f"{root}.{legacy}", predictor[legacy] or {}, legacy
     for legacy in UNSUPPORTED_LEGACY:
         if legacy in predictor:
-            raise ModelSourceError(f"spec.predictor.{legacy}",
-                                   f"is not served by Shipyard; use spec.predictor.model with one of {', '.join(MODEL_FORMATS)}")
+            raise ModelSourceError(f"{root}.{legacy}",
+                                   f"is not served by Shipyard; use {root}.model with one of {', '.join(MODEL_FORMATS)}")
     if "containers" in predictor:
-        raise ModelSourceError("spec.predictor.containers", "custom containers are not supported locally; use a "
+        raise ModelSourceError(f"{root}.containers", "custom containers are not supported locally; use a "
                                "Shipyard package: modelFormat custom + storageUri pointing at it")
-    raise ModelSourceError("spec.predictor", "needs 'model' (modelFormat + storageUri) or a framework field "
+    raise ModelSourceError(root, "needs 'model' (modelFormat + storageUri) or a framework field "
                            f"({', '.join(LEGACY_FORMATS)})")
 
 
@@ -125,14 +140,15 @@ def gateway_settings(predictor: dict[str, Any]) -> tuple[str, float | None]:
     return (protocol if protocol in PROTOCOLS else "v1"), (float(timeout) if valid_timeout else None)
 
 
-def replica_needs(predictor: dict[str, Any], annotations: dict[str, str] | None = None) -> ReplicaNeeds:
-    """What each replica of ``predictor`` holds in the machine's ledger: its container's
-    ``resources.requests`` (``limits`` where a request is missing) and the ``gpu-memory`` annotation.
-    ModelSourceError names the field."""
+def replica_needs(predictor: dict[str, Any], annotations: dict[str, str] | None = None,
+                  component: str = PREDICTOR) -> ReplicaNeeds:
+    """What each replica of ``predictor`` (a component's spec) holds in the machine's ledger: its
+    container's ``resources.requests`` (``limits`` where a request is missing) and the ``gpu-memory``
+    annotation. ModelSourceError names the field."""
     try:
-        where, model, _ = predictor_model(predictor)
+        where, model, _ = predictor_model(predictor, component)
     except ModelSourceError:
-        where, model = "spec.predictor", {}
+        where, model = f"spec.{component}", {}
     resources = model.get("resources") or {}
     if not isinstance(resources, dict):
         raise ModelSourceError(f"{where}.resources", f"expected requests and limits, got {resources!r}")
@@ -171,9 +187,12 @@ def replica_needs(predictor: dict[str, Any], annotations: dict[str, str] | None 
 
 
 def serve_command(isvc: str, predictor: dict[str, Any], namespace: str = "default") -> ReplicaCommand:
-    """The ``shipyard serve`` arguments for ``predictor`` served as ``isvc`` (remote models are fetched now;
-    ``namespace`` is where a ``dataset://`` storageUri's Dataset lives)."""
-    where, model, format_name = predictor_model(predictor)
+    """The ``shipyard serve`` arguments for ``predictor`` served as ``isvc`` (a component key: the
+    transformer's and explainer's specs are served under their service's name; remote models are fetched
+    now; ``namespace`` is where a ``dataset://`` storageUri's Dataset lives)."""
+    isvc, component = split_key(isvc)
+    root = f"spec.{component}"
+    where, model, format_name = predictor_model(predictor, component)
     warnings: list[str] = []
     runtime = model.get("runtime")
     if runtime and runtime != "shipyard":
@@ -195,26 +214,42 @@ def serve_command(isvc: str, predictor: dict[str, Any], namespace: str = "defaul
     argv = [str(path), "--name", isvc]
     batcher = predictor.get("batcher") or {}
     if batcher.get("maxBatchSize") is not None:
-        argv += ["--max-batch-size", str(_positive_int(batcher["maxBatchSize"], "spec.predictor.batcher.maxBatchSize"))]
+        argv += ["--max-batch-size", str(_positive_int(batcher["maxBatchSize"], f"{root}.batcher.maxBatchSize"))]
     if batcher.get("maxLatency") is not None:
-        argv += ["--max-latency-ms", str(_positive_int(batcher["maxLatency"], "spec.predictor.batcher.maxLatency", 0))]
+        argv += ["--max-latency-ms", str(_positive_int(batcher["maxLatency"], f"{root}.batcher.maxLatency", 0))]
     concurrency = predictor.get("containerConcurrency")
     if concurrency:
-        argv += ["--max-queue", str(_positive_int(concurrency, "spec.predictor.containerConcurrency"))]
+        argv += ["--max-queue", str(_positive_int(concurrency, f"{root}.containerConcurrency"))]
     timeout = predictor.get("timeout")
-    timeout_s = float(_positive_int(timeout, "spec.predictor.timeout")) if timeout else None
+    timeout_s = float(_positive_int(timeout, f"{root}.timeout")) if timeout else None
     env, env_warnings = _environment(model.get("env") or [], f"{where}.env")
+    env.setdefault("OTEL_SERVICE_NAME", f"{isvc}-{component}")
+    if served_format == "detector":  # its window and counters survive restarts, one file per service
+        from shipyard.monitor.state import STATE_ENV  # (imports pandas)
+
+        env.setdefault(STATE_ENV, str(shipyard_home() / "monitor" / namespace / isvc / "state.json"))
     return ReplicaCommand(argv, env, protocol, timeout_s, served_format, path, warnings + env_warnings)
 
 
 def check_format(path: Path, format_name: str, isvc: str, where: str) -> str:
     """The format Shipyard will serve ``path`` as; an error when it is not the declared ``format_name``."""
+    field_path = f"{where}.modelFormat.name" if where.endswith(".model") else where
+    if format_name == "detector":
+        from shipyard.monitor.detector_folder import DetectorConfigError, is_detector_folder, read_detector_config
+
+        if not is_detector_folder(path):
+            raise ModelSourceError(f"{where}.storageUri", f"{path} is not a detector folder (a folder with "
+                                   "detector.yaml); see docs/monitoring.md")
+        try:
+            read_detector_config(path)
+        except DetectorConfigError as exc:
+            raise ModelSourceError(f"{where}.storageUri", str(exc)) from None
+        return "detector"
     try:
         source, _ = package_model_source(path, isvc)
     except ValueError as exc:  # PackageError, FormatError: the artifact cannot be served
         raise ModelSourceError(f"{where}.storageUri", str(exc)) from None
     is_package = path.is_dir() and (path / CONFIG_FILE).is_file()
-    field_path = f"{where}.modelFormat.name" if where.endswith(".model") else where
     if format_name == "custom":
         if not is_package and source.format != "python":
             raise ModelSourceError(field_path, f"'custom' needs a Shipyard package (shipyard.yaml) or a folder with "

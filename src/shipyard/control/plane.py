@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable
 
-from shipyard import __version__
+from shipyard import __version__, tracing
 from shipyard.home import shipyard_home
 
 if TYPE_CHECKING:  # the plane's parts are imported when it starts, so reading plane.json stays cheap
@@ -155,6 +155,7 @@ class Plane:
                 store, self.engine, self.home / "logs", in_flight=gateway.in_flight, references=gateway.references,
                 stats=gateway.stats, shadow_report=gateway.shadow_report, gateway_url=lambda: gateway.http_url,
                 take=gateway.take, cold_starts=gateway.cold_starts, routes_changed=gateway.refresh_soon, ledger=ledger,
+                gateway_grpc=lambda: gateway.grpc_address,
             )
             gateway.activator.on_demand = controller.demand
             gateway.metrics_sources.append(controller.scaling.prometheus)
@@ -263,4 +264,5 @@ async def serve_plane(options: PlaneOptions, announce: Callable[[dict[str, Any]]
     await stop.wait()
     log.info("stopping the control plane")
     await plane.stop()
+    await asyncio.to_thread(tracing.shutdown)  # the gateway's last spans are exported
     return 0

@@ -56,6 +56,8 @@ PRELOAD: dict[str, tuple[str, ...]] = {
     "xgboost": ("shipyard.runtimes.xgboost", "xgboost"),
     "lightgbm": ("shipyard.runtimes.lightgbm", "lightgbm"),
     "python": ("shipyard.runtimes.custom",),
+    "detector": ("shipyard.monitor.receiver", "shipyard.monitor.detector_folder", "pandas", "scipy.stats",
+                 "sklearn.ensemble"),
 }
 #: What every replica needs: the CLI and the server.
 BASE = ("shipyard.cli.main", "shipyard.server.runner", "shipyard.server.http", "shipyard.server.grpc_service")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from shipyard.control.components import component_key, revision_prefix, split_key
 from shipyard.control.resources import Resource, canonical_json
 
 SCHEMA = """
@@ -189,18 +190,20 @@ class Store:
             db.execute("DELETE FROM resources WHERE kind=? AND namespace=? AND name=?", (kind, namespace, name))
             if kind != "InferenceService":  # the other tables hold an InferenceService's records only
                 return
-            db.execute("DELETE FROM revisions WHERE namespace=? AND isvc=?", (namespace, name))
-            db.execute("DELETE FROM replicas WHERE namespace=? AND isvc=?", (namespace, name))
-            db.execute("DELETE FROM routes WHERE namespace=? AND isvc=?", (namespace, name))
+            components = f"{component_key(name, '')}%"  # its transformer's and explainer's keys
+            for table in ("revisions", "replicas", "routes"):
+                db.execute(f"DELETE FROM {table} WHERE namespace=? AND (isvc=? OR isvc LIKE ?)",
+                           (namespace, name, components))
 
     # -- revisions -------------------------------------------------------------------------------
     def add_revision(self, namespace: str, isvc: str, fingerprint: str, spec: dict[str, Any],
                      generation: int) -> Revision:
-        """Record a new revision numbered after the last one (``<isvc>-predictor-00001``, ...)."""
+        """Record a new revision numbered after the last one (``<isvc>-predictor-00001``, ...; a component
+        key's ``<isvc>-transformer-00001``...)."""
         with self.transaction() as db:
             last = db.execute("SELECT MAX(number) FROM revisions WHERE namespace=? AND isvc=?",
                               (namespace, isvc)).fetchone()[0] or 0
-            revision = Revision(namespace, isvc, f"{isvc}-predictor-{last + 1:05d}", last + 1, fingerprint,
+            revision = Revision(namespace, isvc, f"{revision_prefix(isvc)}-{last + 1:05d}", last + 1, fingerprint,
                                 spec, generation, time.time())
             db.execute("INSERT INTO revisions VALUES (?,?,?,?,?,?,?,?)",
                        (namespace, isvc, revision.name, revision.number, fingerprint, canonical_json(spec),
@@ -253,7 +256,9 @@ class Store:
 
     # -- events ----------------------------------------------------------------------------------
     def event(self, kind: str, namespace: str, name: str, type_: str, reason: str, message: str) -> None:
-        """Record what happened to an object (``Normal`` or ``Warning``), as ``kubectl describe`` shows."""
+        """Record what happened to an object (``Normal`` or ``Warning``), as ``kubectl describe`` shows; a
+        component key's events are its service's."""
+        name = split_key(name)[0]
         with self.transaction() as db:
             db.execute("INSERT INTO events (kind, namespace, name, time, type, reason, message) VALUES (?,?,?,?,?,?,?)",
                        (kind, namespace, name, time.time(), type_, reason, message))

@@ -13,6 +13,7 @@ int32/int64 ranges.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 import gzip
@@ -48,7 +49,9 @@ ISVC_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 MAX_NAME = 63
 
-MODEL_FORMATS = ("sklearn", "xgboost", "lightgbm", "onnx", "pytorch", "huggingface", "custom")
+MODEL_FORMATS = ("sklearn", "xgboost", "lightgbm", "onnx", "pytorch", "huggingface", "custom", "detector")
+#: ``modelFormat.name`` values of a transformer and an explainer (model_source.COMPONENT_FORMATS).
+COMPONENT_FORMATS = {"transformer": ("custom",), "explainer": ("shap", "custom")}
 #: Legacy ``spec.predictor.<framework>`` fields Shipyard serves (each names its model format).
 FRAMEWORK_FIELDS = ("sklearn", "xgboost", "lightgbm", "onnx", "pytorch", "huggingface")
 UNSUPPORTED_FRAMEWORKS = ("tensorflow", "triton", "pmml", "paddle")
@@ -66,11 +69,6 @@ HONOURED_LOGGER = {"mode", "url"}
 LOGGER_MODES = ("all", "request", "response")
 #: Fields of the model container (``model`` or a framework field) the local engine acts on.
 HONOURED_CONTAINER = {"modelFormat", "storageUri", "protocolVersion", "runtime", "name"}
-#: Fields that arrive with a later issue: path (below spec) -> what and which issue.
-LATER = {
-    "transformer": "transformers arrive with issue 10",
-    "explainer": "explainers arrive with issue 10",
-}
 
 SHIPYARD_ANNOTATIONS = "serving.shipyard.io/"
 #: Shipyard's annotations and the values each takes: (kind, low, high); kind "text" takes any non-empty text.
@@ -163,6 +161,8 @@ def validate(document: Any) -> ValidatedResource:
                    autoscaling.config_problems(spec.get("predictor"), annotations) if path not in flagged]
         flagged = {error.path for error in errors}
         errors += [error for error in _resource_errors(spec.get("predictor"), annotations) if error.path not in flagged]
+        errors += [error for component in COMPONENT_FORMATS if isinstance(spec.get(component), dict)
+                   for error in _resource_errors(spec[component], annotations, component) if error.path not in flagged]
     if errors:
         raise ValidationError(_unique(errors))
     return ValidatedResource(Resource.from_document(document), _warnings(document))
@@ -226,14 +226,14 @@ def _metadata_errors(metadata: Any) -> list[FieldError]:
     return errors
 
 
-def _resource_errors(predictor: Any, annotations: Any) -> list[FieldError]:
+def _resource_errors(predictor: Any, annotations: Any, component: str = "predictor") -> list[FieldError]:
     """A replica's ``resources`` and ``gpu-memory`` as the scheduler will read them (checked now, not at start)."""
     if not isinstance(predictor, dict):
         return []
     from shipyard.control.model_source import ModelSourceError, replica_needs
 
     try:
-        replica_needs(predictor, annotations if isinstance(annotations, dict) else None)
+        replica_needs(predictor, annotations if isinstance(annotations, dict) else None, component)
     except ModelSourceError as exc:
         return [FieldError(exc.path, str(exc).removeprefix(f"{exc.path}: "))]
     return []
@@ -274,6 +274,18 @@ def schema_of(kind: str) -> dict[str, Any]:
     path = SCHEMA_DIR / SCHEMA_FILES[kind]
     with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as handle:
         return json.load(handle)
+
+
+def extended_schema(kind: str) -> dict[str, Any]:
+    """The schema documents are checked against: the vendored one, where an InferenceService's
+    transformer and explainer also take the predictor's ``model`` form (Shipyard's extension: KServe
+    runs them only from container images)."""
+    schema = copy.deepcopy(schema_of(kind))  # schema_of's answer is cached and shared
+    if kind == "InferenceService":
+        spec = schema["properties"]["spec"]["properties"]
+        for component in COMPONENT_FORMATS:
+            spec[component]["properties"]["model"] = spec["predictor"]["properties"]["model"]
+    return schema
 
 
 # jsonschema is imported where it is used: the CLI imports this module, and the import costs ~0.15 s.
@@ -346,7 +358,7 @@ def _validator(kind: str) -> Any:
     kubernetes = validators.extend(Draft4Validator, {
         "properties": _properties, "anyOf": _any_of, "format": _format, "x-kubernetes-list-type": _list_type,
     })
-    return kubernetes(schema_of(kind))
+    return kubernetes(extended_schema(kind))
 
 
 def _schema_errors(kind: Kind, document: dict[str, Any]) -> Iterator[FieldError]:
@@ -382,14 +394,54 @@ def _shipyard_errors(spec: dict[str, Any]) -> list[FieldError]:
     errors += _predictor_form_errors(predictor)
     errors += _range_errors(predictor)
     errors += _logger_errors(predictor.get("logger"))
+    for component in COMPONENT_FORMATS:
+        part = spec.get(component)
+        if isinstance(part, dict):
+            root = f"spec.{component}"
+            errors += _component_form_errors(component, part)
+            errors += _range_errors(part, root)
+            errors += _logger_errors(part.get("logger"), root)
     return errors
 
 
-def _logger_errors(logger: Any) -> list[FieldError]:
-    """``predictor.logger``: a mode of all|request|response and a url the gateway can send to."""
+def _component_form_errors(component: str, part: dict[str, Any]) -> list[FieldError]:
+    """A transformer or explainer: ``model`` with a format it takes and a storageUri."""
+    root, formats = f"spec.{component}", COMPONENT_FORMATS[component]
+    hint = (f"set {root}.model: {{modelFormat: {{name: {formats[0]}}}, storageUri: FOLDER}} "
+            + ("(model.py with preprocess()/postprocess())" if component == "transformer"
+               else "(shap: the background sample; custom: model.py with explain())"))
+    errors = []
+    if part.get("containers"):
+        errors.append(FieldError(f"{root}.containers", f"container images are not run locally; {hint}"))
+    if "art" in part:
+        errors.append(FieldError(f"{root}.art", f"ART explainers are not available; {hint}"))
+    model = part.get("model")
+    if model is None:
+        return errors or [FieldError(f"{root}.model", f"required field is missing; {hint}")]
+    if not isinstance(model, dict):
+        return errors
+    name = (model.get("modelFormat") or {}).get("name")
+    if not isinstance(name, str) or name.lower() not in formats:
+        errors.append(FieldError(f"{root}.model.modelFormat.name", f"{name!r} is not a {component} format; "
+                                 f"expected {' or '.join(formats)}"))
+        name = formats[0]
+    uri = model.get("storageUri")
+    if uri is None:
+        errors.append(FieldError(f"{root}.model.storageUri", f"required field is missing; {hint}"))
+    elif isinstance(uri, str):
+        errors += _storage_uri_errors(f"{root}.model.storageUri", uri, name.lower())
+    protocol = model.get("protocolVersion")
+    if isinstance(protocol, str) and protocol not in PROTOCOLS:
+        errors.append(FieldError(f"{root}.model.protocolVersion", f"'{protocol}' is not supported; use one of "
+                                 f"{', '.join(PROTOCOLS)}"))
+    return errors
+
+
+def _logger_errors(logger: Any, root: str = "spec.predictor") -> list[FieldError]:
+    """A component's ``logger``: a mode of all|request|response and a url the gateway can send to."""
     if logger is None:
         return []
-    path = "spec.predictor.logger"
+    path = f"{root}.logger"
     if not isinstance(logger, dict):
         return [FieldError(path, f"expected a mapping with mode and url, got {type(logger).__name__}")]
     errors = []
@@ -490,7 +542,7 @@ def _storage_uri_errors(path: str, uri: str, model_format: str) -> list[FieldErr
     return []
 
 
-def _range_errors(predictor: dict[str, Any]) -> list[FieldError]:
+def _range_errors(predictor: dict[str, Any], root: str = "spec.predictor") -> list[FieldError]:
     """Bounds the upstream schema leaves to KServe's webhook."""
     errors = []
 
@@ -499,22 +551,22 @@ def _range_errors(predictor: dict[str, Any]) -> list[FieldError]:
             errors.append(FieldError(path, f"{value} is less than the minimum of {low}"))
 
     percent = predictor.get("canaryTrafficPercent")
-    at_least(percent, 0, "spec.predictor.canaryTrafficPercent")
+    at_least(percent, 0, f"{root}.canaryTrafficPercent")
     if isinstance(percent, int) and percent > 100:
-        errors.append(FieldError("spec.predictor.canaryTrafficPercent", f"{percent} is greater than the maximum "
+        errors.append(FieldError(f"{root}.canaryTrafficPercent", f"{percent} is greater than the maximum "
                                  "of 100"))
-    at_least(predictor.get("minReplicas"), 0, "spec.predictor.minReplicas")
-    at_least(predictor.get("maxReplicas"), 0, "spec.predictor.maxReplicas")
+    at_least(predictor.get("minReplicas"), 0, f"{root}.minReplicas")
+    at_least(predictor.get("maxReplicas"), 0, f"{root}.maxReplicas")
     low, high = predictor.get("minReplicas"), predictor.get("maxReplicas")
     if isinstance(low, int) and isinstance(high, int) and 0 < high < low:
-        errors.append(FieldError("spec.predictor.maxReplicas", f"{high} is less than minReplicas ({low})"))
-    at_least(predictor.get("containerConcurrency"), 0, "spec.predictor.containerConcurrency")
-    at_least(predictor.get("timeout"), 1, "spec.predictor.timeout")
+        errors.append(FieldError(f"{root}.maxReplicas", f"{high} is less than minReplicas ({low})"))
+    at_least(predictor.get("containerConcurrency"), 0, f"{root}.containerConcurrency")
+    at_least(predictor.get("timeout"), 1, f"{root}.timeout")
     batcher = predictor.get("batcher")
     if isinstance(batcher, dict):
-        at_least(batcher.get("maxBatchSize"), 1, "spec.predictor.batcher.maxBatchSize")
-        at_least(batcher.get("maxLatency"), 0, "spec.predictor.batcher.maxLatency")
-        at_least(batcher.get("timeout"), 1, "spec.predictor.batcher.timeout")
+        at_least(batcher.get("maxBatchSize"), 1, f"{root}.batcher.maxBatchSize")
+        at_least(batcher.get("maxLatency"), 0, f"{root}.batcher.maxLatency")
+        at_least(batcher.get("timeout"), 1, f"{root}.batcher.timeout")
     return errors
 
 
@@ -523,23 +575,32 @@ def _warnings(document: dict[str, Any]) -> list[FieldError]:
     """Fields accepted but not acted on, by path; unknown annotations of other tools get none."""
     spec = document.get("spec") or {}
     warnings = []
-    for path, why in LATER.items():
-        head, _, leaf = path.rpartition(".")
-        holder = spec.get(head) if head else spec
-        if isinstance(holder, dict) and leaf in holder:
-            warnings.append(FieldError(f"spec.{path}", f"accepted but not honoured yet: {why}"))
     predictor = spec.get("predictor") or {}
     annotations = (document.get("metadata") or {}).get("annotations") or {}
     warnings += _autoscaling_warnings(predictor, annotations)
+    for component in ("predictor", *COMPONENT_FORMATS):
+        part = spec.get(component)
+        if isinstance(part, dict):
+            warnings += _component_warnings(f"spec.{component}", part)
+    for key in annotations:
+        if key.startswith(SHIPYARD_ANNOTATIONS) and key not in ANNOTATIONS:
+            hint = _did_you_mean(key, list(ANNOTATIONS)) or f"; Shipyard reads {', '.join(ANNOTATIONS)}"
+            warnings.append(FieldError(f"metadata.annotations[{key}]", f"unknown Shipyard annotation{hint}"))
+    return warnings
+
+
+def _component_warnings(root: str, predictor: dict[str, Any]) -> list[FieldError]:
+    """A component's fields (and its model container's) that the local engine does not act on."""
+    warnings = []
     for key in predictor:
-        if key not in HONOURED_PREDICTOR and f"predictor.{key}" not in LATER and key not in UNSUPPORTED_FRAMEWORKS:
-            warnings.append(FieldError(f"spec.predictor.{key}", "not honoured by the local engine (replicas are "
+        if key not in HONOURED_PREDICTOR and key not in UNSUPPORTED_FRAMEWORKS and key not in ("containers", "art"):
+            warnings.append(FieldError(f"{root}.{key}", "not honoured by the local engine (replicas are "
                                        "processes on this machine)"))
     logger = predictor.get("logger")
     if isinstance(logger, dict):
         for key in logger:
             if key not in HONOURED_LOGGER:
-                warnings.append(FieldError(f"spec.predictor.logger.{key}", "not honoured: the gateway sends every "
+                warnings.append(FieldError(f"{root}.logger.{key}", "not honoured: the gateway sends every "
                                            "event itself, batched by its own payload logger"))
     for form in ("model", *FRAMEWORK_FIELDS):
         container = predictor.get(form)
@@ -547,17 +608,13 @@ def _warnings(document: dict[str, Any]) -> list[FieldError]:
             continue
         runtime = container.get("runtime")
         if runtime not in (None, "shipyard"):
-            warnings.append(FieldError(f"spec.predictor.{form}.runtime", f"'{runtime}' is not used: Shipyard serves "
+            warnings.append(FieldError(f"{root}.{form}.runtime", f"'{runtime}' is not used: Shipyard serves "
                                        "the model with its own runtime for the format"))
         for key in container:
             if key == "resources":
-                warnings += _resources_warnings(f"spec.predictor.{form}.resources", container[key])
+                warnings += _resources_warnings(f"{root}.{form}.resources", container[key])
             elif key not in HONOURED_CONTAINER:
-                warnings.append(FieldError(f"spec.predictor.{form}.{key}", "not honoured by the local engine"))
-    for key in annotations:
-        if key.startswith(SHIPYARD_ANNOTATIONS) and key not in ANNOTATIONS:
-            hint = _did_you_mean(key, list(ANNOTATIONS)) or f"; Shipyard reads {', '.join(ANNOTATIONS)}"
-            warnings.append(FieldError(f"metadata.annotations[{key}]", f"unknown Shipyard annotation{hint}"))
+                warnings.append(FieldError(f"{root}.{form}.{key}", "not honoured by the local engine"))
     return warnings
 
 
@@ -617,6 +674,9 @@ def resolve_storage_paths(document: Any, base: Path) -> Any:
     predictor = spec.get("predictor") if isinstance(spec, dict) else None
     initializer = spec.get("initializer") if isinstance(spec, dict) else None
     containers = [predictor.get(form) for form in ("model", *FRAMEWORK_FIELDS)] if isinstance(predictor, dict) else []
+    for component in COMPONENT_FORMATS:  # a transformer's or explainer's folder
+        part = spec.get(component) if isinstance(spec, dict) else None
+        containers += [part.get("model")] if isinstance(part, dict) else []
     if isinstance(initializer, dict):  # a TrainJob's dataset and model initializers
         containers += [initializer.get("dataset"), initializer.get("model")]
     places = [(container, "storageUri") for container in containers]

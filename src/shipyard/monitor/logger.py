@@ -18,6 +18,16 @@ Sinks (``sink_for(url)``):
 - ``file:///path.jsonl``: one line per event in CloudEvents' structured JSON format, fsynced after
   each batch.
 
+A URL naming an InferenceService by host, as KServe users write it (``http://drift.default.example.com/``
+or the in-cluster ``http://drift.default.svc.cluster.local/``), goes through the gateway the logger
+runs in: ``GatewayRoute`` (set by the gateway on ``PayloadLoggers.route``) sends it to the gateway's
+own address with the original ``Host`` header, and the gateway proxies it to that service's replicas
+like any request. Hosts under ``.svc.cluster.local``, ``.svc`` and KServe's default domain
+``example.com`` always go there (an event waits in the spool until the service exists); any other
+host goes there when the gateway routes it (``{isvc}.{namespace}.{domain}`` of a service it has),
+and straight to the host otherwise. The decision is made at each delivery, so a detector applied
+after its logger is found.
+
 Counters (``stats()``, ``prometheus()``): ``sent``, ``failed_attempts``, ``dropped`` (queue full
 plus spool cap), ``backlog`` (events in queue and spool), ``backlog_bytes`` (spool).
 """
@@ -31,7 +41,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 from urllib.parse import unquote, urlparse
 
 import httpx
@@ -63,21 +73,70 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-class HttpSink:
-    """POST each event in binary mode to ``url``."""
+#: Host suffixes that only the gateway can reach (Kubernetes' in-cluster names, KServe's default domain).
+GATEWAY_ONLY_SUFFIXES = (".svc.cluster.local", ".svc", ".example.com")
 
-    def __init__(self, url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+
+class GatewayRoute:
+    """Sends a logger URL that names an InferenceService by host to the gateway, with that ``Host``.
+
+    ``base_url()`` is the gateway's own REST address (None while it does not listen yet) and
+    ``serves(host)`` says whether it routes a ``Host`` header to a service now."""
+
+    def __init__(self, base_url: Callable[[], str | None], serves: Callable[[str], bool]) -> None:
+        self.base_url = base_url
+        self.serves = serves
+
+    def resolve(self, url: str) -> tuple[str, dict[str, str]] | None:
+        """(the URL to POST to, extra headers) through the gateway; None to send to ``url`` itself.
+        SinkError when the URL is for the gateway but it does not listen yet."""
+        parsed = urlparse(url)
+        hostname = (parsed.hostname or "").lower().rstrip(".")
+        if not hostname or hostname == "localhost" or hostname.count(".") < 2 or _is_ip(hostname):
+            return None
+        always = hostname.endswith(GATEWAY_ONLY_SUFFIXES)
+        if not always and not self.serves(parsed.netloc.rsplit("@", 1)[-1]):
+            return None
+        base = self.base_url()
+        if not base:
+            raise SinkError(f"{url} goes through the gateway, which is not listening yet")
+        target = base.rstrip("/") + (parsed.path or "/") + (f"?{parsed.query}" if parsed.query else "")
+        return target, {"host": parsed.netloc.rsplit("@", 1)[-1]}
+
+
+def _is_ip(hostname: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(hostname.strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+class HttpSink:
+    """POST each event in binary mode to ``url`` (through the gateway when ``route`` says so)."""
+
+    def __init__(self, url: str, timeout_s: float = DEFAULT_TIMEOUT_S, route: GatewayRoute | None = None) -> None:
         self.url = url
+        self.route = route
         self.client = httpx.Client(timeout=timeout_s, trust_env=False, follow_redirects=False)
 
+    def target(self) -> tuple[str, dict[str, str]]:
+        """Where the next batch goes: (URL, extra headers)."""
+        routed = self.route.resolve(self.url) if self.route is not None else None
+        return routed if routed is not None else (self.url, {})
+
     def send(self, events: list[Event]) -> None:
+        url, extra = self.target()
+        via = f" (through the gateway at {url})" if extra else ""
         for i, event in enumerate(events):
             try:
-                response = self.client.post(self.url, content=event.body, headers=event.headers)
+                response = self.client.post(url, content=event.body, headers={**event.headers, **extra})
             except httpx.HTTPError as exc:
-                raise SinkError(f"POST {self.url}: {type(exc).__name__}: {exc}", i) from exc
+                raise SinkError(f"POST {self.url}{via}: {type(exc).__name__}: {exc}", i) from exc
             if not 200 <= response.status_code < 300:
-                raise SinkError(f"POST {self.url}: HTTP {response.status_code}", i)
+                raise SinkError(f"POST {self.url}{via}: HTTP {response.status_code}{_reason(response)}", i)
 
     def close(self) -> None:
         self.client.close()
@@ -104,11 +163,20 @@ class JsonlSink:
         pass
 
 
-def sink_for(url: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Sink:
+def _reason(response: httpx.Response) -> str:
+    """A short reason from an error answer's ``{"error": ...}`` body."""
+    try:
+        error = response.json().get("error")
+    except (ValueError, AttributeError):
+        return ""
+    return f": {str(error)[:300]}" if error else ""
+
+
+def sink_for(url: str, timeout_s: float = DEFAULT_TIMEOUT_S, route: GatewayRoute | None = None) -> Sink:
     """The sink a logger ``url`` names: http(s):// or file:///path."""
     parsed = urlparse(url)
     if parsed.scheme in ("http", "https"):
-        return HttpSink(url, timeout_s)
+        return HttpSink(url, timeout_s, route)
     if parsed.scheme == "file":
         return JsonlSink(unquote(parsed.path))
     raise ValueError(f"a logger url must be http://, https:// or file:///path.jsonl, got {url!r}")
@@ -294,8 +362,22 @@ class PayloadLoggers:
     def __init__(self, root: Path | None = None, **options: Any) -> None:
         self._root = root
         self.options = options
+        self._route: GatewayRoute | None = None
         self.loggers: dict[tuple[str, str, str], PayloadLogger] = {}
         self.failed: dict[tuple[str, str, str], str] = {}
+
+    @property
+    def route(self) -> GatewayRoute | None:
+        """Set by the gateway: URLs naming a service by host are delivered through it (GatewayRoute);
+        setting it applies to the loggers open already too."""
+        return self._route
+
+    @route.setter
+    def route(self, route: GatewayRoute | None) -> None:
+        self._route = route
+        for logger in self.loggers.values():
+            if isinstance(logger.sink, HttpSink):
+                logger.sink.route = route
 
     @property
     def root(self) -> Path:
@@ -322,7 +404,7 @@ class PayloadLoggers:
                 folder = self.spool_dir(namespace, isvc, url)
                 folder.mkdir(parents=True, exist_ok=True)
                 (folder / "url.txt").write_text(url + "\n")
-                self.loggers[key] = PayloadLogger(sink_for(url), folder, name=f"payload-logger {namespace}/{isvc}",
+                self.loggers[key] = PayloadLogger(sink_for(url, route=self.route), folder, name=f"payload-logger {namespace}/{isvc}",
                                                   **self.options)
                 self.failed.pop(key, None)
             except Exception as exc:  # a bad url or an unusable directory: no logging, inference goes on

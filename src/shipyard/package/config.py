@@ -84,6 +84,33 @@ class Weight(Struct):
     sha256: Sha256 | None = None
 
 
+ExplainerAlgorithm = Literal["auto", "tree", "linear", "kernel", "permutation"]
+#: Background sample files an explainer reads.
+BACKGROUND_SUFFIXES = (".csv", ".parquet", ".npy")
+
+
+class ExplainerConfig(Struct):
+    """Built-in explanations (``:explain``): SHAP with a background sample from the package."""
+
+    type: Literal["shap"] = "shap"
+    #: ``auto``: tree for tree models, linear for linear scikit-learn models, else kernel.
+    algorithm: ExplainerAlgorithm = "auto"
+    #: A .csv (header row = feature names), .parquet or .npy file inside the package; default: the
+    #: inputs of ``examples.yaml``.
+    background: str | None = None
+    #: Rows sampled from the background (a fixed seed, so answers repeat).
+    max_background_rows: PositiveInt = 100
+    #: kernel: coalitions per row (default: shap's "auto"); permutation: model evaluations per row.
+    nsamples: PositiveInt | None = None
+    #: The output tensor the model-agnostic explainers explain (default: predict_proba of a
+    #: classifier, else the first output).
+    output: str | None = None
+    #: The shap format: the predictor's input tensor (default ``input-0``) and parameters sent with
+    #: every call to it (e.g. ``predict_proba: true``).
+    input_name: str | None = None
+    parameters: dict[str, Any] = {}
+
+
 class PackageConfig(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The whole ``shipyard.yaml``. Every key is optional; a bare folder with a model serves too."""
 
@@ -121,6 +148,9 @@ class PackageConfig(msgspec.Struct, kw_only=True, omit_defaults=True):
     secrets: list[SecretName] = []
     resources: Resources = msgspec.field(default_factory=Resources)
     weights: list[Weight] = []
+    #: A sample of the model's inputs (.csv, .parquet or .npy, relative to the package): what a drift or
+    #: outlier detector whose detector.yaml names this package compares traffic with.
+    reference: str | None = None
     #: ``auto``: a separate virtual environment when the requirements are not met by the server's;
     #: ``always`` / ``never`` force it.
     isolate: Literal["auto", "always", "never"] = "auto"
@@ -132,12 +162,15 @@ class PackageConfig(msgspec.Struct, kw_only=True, omit_defaults=True):
     type: str | None = None
     columns: list[str] | None = None
     packages: list[str] | None = None
+    #: ``:explain`` with SHAP (docs/monitoring.md, Explainers).
+    explainer: ExplainerConfig | None = None
 
 
 KNOWN_KEYS = frozenset(PackageConfig.__struct_fields__)
 #: Keys whose value is one of a few words, for error messages that list them.
 ENUMS: dict[str, Any] = {"datatype": Datatype, "checks": Literal["strict", "warn"],
-                         "isolate": Literal["auto", "always", "never"]}
+                         "isolate": Literal["auto", "always", "never"], "algorithm": ExplainerAlgorithm,
+                         "type": Literal["shap"]}
 
 
 def json_schema() -> dict[str, Any]:
@@ -233,6 +266,7 @@ def parse_config(raw: Any, where: str) -> tuple[PackageConfig, list[str]]:
     if config.requirements is not None and config.requirements_file is not None:
         raise PackageError(f"{where}: give 'requirements' or 'requirements_file', not both")
     _check_signature(config, where)
+    _check_explainer(config, where)
     warnings = [f"{where}: key '{key}' is not used by this version of Shipyard{_suggest(key)}"
                 for key in raw if key not in KNOWN_KEYS]
     return config, warnings
@@ -261,6 +295,17 @@ def _check_signature(config: PackageConfig, where: str) -> None:
                         f"{where}: {group}[{index}].columns names {len(tensor.columns)} columns, so its shape "
                         f"must be [-1, {len(tensor.columns)}]; got {tensor.shape}"
                     )
+
+
+def _check_explainer(config: PackageConfig, where: str) -> None:
+    background = config.explainer.background if config.explainer else None
+    if background is None:
+        return
+    if not background.lower().endswith(BACKGROUND_SUFFIXES):
+        raise PackageError(f"{where}: explainer.background = {background!r}: expected a "
+                           f"{', '.join(BACKGROUND_SUFFIXES)} file")
+    if Path(background).is_absolute() or ".." in Path(background).parts:
+        raise PackageError(f"{where}: explainer.background = {background!r}: must be a path inside the package")
 
 
 def read_config(folder: Path) -> tuple[PackageConfig, dict[str, Any], list[str]]:

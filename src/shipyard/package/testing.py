@@ -38,7 +38,7 @@ PATHS = (IN_PROCESS, REST, GRPC)
 STARTUP_TIMEOUT_S = 300.0
 
 _LISTENING = re.compile(r"listening on (http://\S+)")
-_GRPC_LISTENING = re.compile(r"gRPC listening on (\S+)")
+_GRPC_LISTENING = re.compile(r"gRPC listening on ([^\s\"]+)")  # stops at the quote of a JSON log line
 
 
 class RequestFailed(Exception):

@@ -57,21 +57,7 @@ def decode_grpc_request(message: Any) -> InferRequest:
             f"raw_input_contents has {len(raw)} entries but the request has {len(message.inputs)} inputs; "
             "send one entry per input, in the same order"
         )
-    tensors: dict[str, np.ndarray] = {}
-    for index, tensor in enumerate(message.inputs):
-        if tensor.name in tensors:
-            raise InvalidInput(f"input '{tensor.name}' appears more than once")
-        if raw:
-            if tensor.HasField("contents"):
-                raise InvalidInput(
-                    f"input '{tensor.name}' has typed contents but the request uses raw_input_contents; "
-                    "use one form for every input"
-                )
-            # copy into a bytearray so the array is writable, as JSON-decoded arrays are
-            tensors[tensor.name] = tensor_from_bytes(tensor.name, tensor.datatype, list(tensor.shape),
-                                                     bytearray(raw[index]))
-        else:
-            tensors[tensor.name] = _from_contents(tensor)
+    tensors = decode_tensors(message.inputs, raw, "raw_input_contents")
     outputs = [RequestedOutput(o.name, parameters_dict(o.parameters)) for o in message.outputs]
     return InferRequest(
         inputs=tensors,
@@ -79,6 +65,27 @@ def decode_grpc_request(message: Any) -> InferRequest:
         parameters=parameters_dict(message.parameters),
         outputs=outputs or None,
     )
+
+
+def decode_tensors(tensors: Any, raw: Any, raw_field: str = "raw_input_contents") -> dict[str, np.ndarray]:
+    """The arrays of a request's inputs or a response's outputs: from ``raw`` (one entry per tensor, in
+    order) when it is given, else from each tensor's typed contents; the two forms may not be mixed."""
+    arrays: dict[str, np.ndarray] = {}
+    for index, tensor in enumerate(tensors):
+        if tensor.name in arrays:
+            raise InvalidInput(f"input '{tensor.name}' appears more than once")
+        if raw:
+            if tensor.HasField("contents"):
+                raise InvalidInput(
+                    f"input '{tensor.name}' has typed contents but the request uses {raw_field}; "
+                    "use one form for every input"
+                )
+            # copy into a bytearray so the array is writable, as JSON-decoded arrays are
+            arrays[tensor.name] = tensor_from_bytes(tensor.name, tensor.datatype, list(tensor.shape),
+                                                    bytearray(raw[index]))
+        else:
+            arrays[tensor.name] = _from_contents(tensor)
+    return arrays
 
 
 def _from_contents(tensor: Any) -> np.ndarray:

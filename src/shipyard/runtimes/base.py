@@ -22,6 +22,21 @@ from shipyard.protocol.datatypes import (
 from shipyard.protocol.errors import InferenceError, InvalidInput, ModelFailed
 
 Tensors = dict[str, np.ndarray]
+#: The request parameter under which the server hands a transformer the request's passed headers
+#: (``x-request-id``, ``authorization``, ``traceparent``, ``tracestate``).
+HEADERS_PARAMETER = "headers"
+
+
+class NoExplainer(InferenceError):
+    """The model cannot explain its predictions (HTTP 501)."""
+
+    status = 501
+
+
+def no_explainer_message(model: str) -> str:
+    return (f"model '{model}' has no explainer: add an `explainer:` section to shipyard.yaml "
+            "or an explain() method to model.py")
+
 
 @dataclass
 class Execution:
@@ -208,6 +223,11 @@ class Model:
     async def infer(self, inputs: Tensors, outputs: list[str] | None, parameters: dict[str, Any]) -> Tensors:
         """Check inputs and outputs against the model's signature, then predict."""
         return await self.run(self.validate(inputs), self.select_outputs(outputs, parameters), parameters)
+
+    async def explain(self, inputs: Tensors, parameters: dict[str, Any]) -> Any:
+        """Explain already-checked ``inputs``: a JSON-serialisable answer. By default the model has no
+        explainer of its own (the server then tries the built-in SHAP explainers, shipyard.explain)."""
+        raise NoExplainer(no_explainer_message(self.name))
 
     def select_outputs(self, requested: list[str] | None, parameters: dict[str, Any]) -> list[str]:
         """Validate requested output names; fall back to ``default_outputs``."""

@@ -7,6 +7,7 @@ scikit-learn model never imports torch or onnxruntime.
 from __future__ import annotations
 
 import importlib
+import re
 from pathlib import Path
 
 from shipyard.runtimes.base import Model, ModelSource
@@ -24,6 +25,7 @@ RUNTIMES: dict[str, str] = {
     "huggingface": "shipyard.runtimes.huggingface:HuggingFaceModel",
     "r": "shipyard.runtimes.r:RModel",
     "python": "shipyard.runtimes.custom:CustomModel",
+    "shap": "shipyard.runtimes.shap_explainer:ShapExplainerModel",
 }
 #: Accepted spellings of format names (KServe's modelFormat names and common ones).
 ALIASES = {
@@ -38,12 +40,15 @@ ONNX_SUFFIXES = (".onnx",)
 PYTORCH_SUFFIXES = (".pt", ".pth", ".torchscript", ".pt2")
 R_SUFFIXES = (".rds",)
 ARTIFACT_SUFFIXES = PICKLE_SUFFIXES + XGBOOST_SUFFIXES + LIGHTGBM_SUFFIXES + ONNX_SUFFIXES + PYTORCH_SUFFIXES + R_SUFFIXES
+#: Files that mark a directory holding no model as a shap explainer (the background sample).
+SHAP_MARKERS = ("background.csv", "background.parquet", "background.npy")
 #: Files that mark a directory as a Hugging Face model (transformers or sentence-transformers).
 HUGGINGFACE_MARKERS = ("config.json", "modules.json", "config_sentence_transformers.json")
 EXPECTED = (
     "a scikit-learn estimator (.joblib, .pkl, .pickle), an XGBoost model (.json, .ubj), a LightGBM model (.txt), "
     "an ONNX model (.onnx), a PyTorch TorchScript or torch.export file (.pt, .pt2), an R model (.rds), "
-    "a Hugging Face model directory, or a directory with model.py or shipyard.yaml"
+    "a Hugging Face model directory, a directory with model.py or shipyard.yaml, or a shap explainer's "
+    "directory (background.csv, .parquet or .npy)"
 )
 
 
@@ -106,10 +111,20 @@ def find_artifact(folder: Path) -> Path | str:
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in ARTIFACT_SUFFIXES)
     if len(files) == 1:
         return files[0]
+    if not files and _is_explainer(folder):
+        return "shap"
     if not files:
         raise FormatError(f"{folder} holds no model; expected {EXPECTED}")
     names = ", ".join(p.name for p in files)
     raise FormatError(f"{folder} holds several model files ({names}); serve one of them, or add a shipyard.yaml naming the artifact")
+
+
+def _is_explainer(folder: Path) -> bool:
+    """A folder without a model that holds a background sample, or a shipyard.yaml with an explainer."""
+    if any((folder / marker).is_file() for marker in SHAP_MARKERS):
+        return True
+    config = folder / "shipyard.yaml"
+    return config.is_file() and re.search(r"^explainer\s*:", config.read_text(errors="replace"), re.MULTILINE) is not None
 
 
 def runtime_class(fmt: str) -> type[Model]:

@@ -7,25 +7,28 @@ statistics extension's timings.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 import numpy as np
 
-from shipyard import __version__
+from shipyard import __version__, tracing
 from shipyard.protocol import v1
 from shipyard.protocol.errors import InferenceError, InvalidInput, ModelFailed, NotReady
 from shipyard.protocol.http_codec import classify, new_request_id
 from shipyard.protocol.infer import InferRequest, InferResult
-from shipyard.runtimes.base import EXECUTION, Execution, Model
+from shipyard.protocol.v2 import encode as encode_json
+from shipyard.runtimes.base import EXECUTION, Execution, Model, NoExplainer, Tensors
 from shipyard.server.peers import UNREACHABLE, Peers
 from shipyard.server.repository import UNLOADED, ModelRepository, ModelState
 from shipyard.server.metrics import merge_expositions
 from shipyard.server.stats import merge_model_stats
+from shipyard.server.upstream import with_passed_headers
 
 SERVER_NAME = "shipyard"
 V1_INPUT = "input-0"
@@ -132,6 +135,8 @@ class DataPlane:
     ) -> Encoded:
         """Decode, predict and encode one request with the transport's codec, timing each step."""
         metrics = self.metrics
+        if tracing.ACTIVE:
+            tracing.annotate({"shipyard.model": name, "shipyard.protocol": protocol})
         try:
             entry = await self.repository.acquire(name, version)
         except InferenceError as exc:
@@ -172,18 +177,16 @@ class DataPlane:
         observe.inference.observe(infer_ns / 1e9)
         if execution.counted:
             observe.batch_size.observe(execution.batch_rows or rows)
+        if tracing.ACTIVE:
+            _trace_execution(decoded, predicted, execution, rows)
         return encoded
 
-    async def predict_v1(self, name: str, body: bytes) -> bytes:
-        """KServe V1 ``:predict`` through the same path: instances in, predictions out."""
+    async def predict_v1(self, name: str, body: bytes, headers: Mapping[str, str] | None = None) -> bytes:
+        """KServe V1 ``:predict`` through the same path: instances in, predictions out (``headers``: the
+        request's, passed on by a transformer)."""
 
         def decode(model: Model) -> InferRequest:
-            instances = v1.decode_instances(body)
-            columns = v1.records_to_columns(instances)
-            if columns is not None:  # [{"column": value, ...}, ...]: one tensor per column
-                return InferRequest(inputs=columns)
-            inputs = model.signature_inputs
-            return InferRequest(inputs={inputs[0].name if inputs else V1_INPUT: v1.instances_to_array(instances)})
+            return v1_request(model, body, headers)
 
         def encode(request: InferRequest, result: InferResult) -> bytes:
             if not result.outputs:
@@ -191,6 +194,94 @@ class DataPlane:
             return v1.encode_predictions(next(iter(result.outputs.values())))
 
         return await self.infer(name, None, decode, encode, protocol="v1-rest")
+
+    # -- explanations ---------------------------------------------------------------------
+    async def explain(self, name: str, version: str | None, decode: Callable[[Model], InferRequest],
+                      v1_answer: bool = False) -> bytes:
+        """Explain a request's rows: the model's own ``explain`` (model.py, the shap format), else the
+        built-in SHAP explainer (shipyard.explain). Not batched; the work runs in the model's thread
+        pool, so health checks and other models keep answering. The answer is JSON."""
+        protocol = "v1-explain" if v1_answer else "v2-explain"
+        try:
+            entry = await self.repository.acquire(name, version)
+        except InferenceError as exc:
+            self.metrics.requests.labels(name, protocol, str(exc.status)).inc()
+            raise
+        model = entry.model
+        observe = self.metrics.for_request(name, protocol)
+        observe.in_flight.inc()
+        entry.in_flight += 1
+        started = time.perf_counter_ns()
+        try:
+            request = decode(model)
+            answer = await _explain(model, model.validate(request.inputs), request.parameters)
+            body = _explanation_json(model.name, answer, v1_answer)
+        except Exception as exc:
+            self.metrics.requests.labels(name, protocol, str(getattr(exc, "status", 500))).inc()
+            raise
+        finally:
+            observe.in_flight.dec()
+            entry.in_flight -= 1
+            entry.last_used = time.monotonic()
+        observe.ok.inc()
+        observe.latency.observe((time.perf_counter_ns() - started) / 1e9)
+        return body
+
+    async def explain_v1(self, name: str, body: bytes, headers: Mapping[str, str] | None = None) -> bytes:
+        """KServe V1 ``:explain``: the body of a ``:predict``; the answer adds ``explanations``."""
+        return await self.explain(name, None, lambda model: v1_request(model, body, headers), v1_answer=True)
+
+
+def v1_request(model: Model, body: bytes, headers: Mapping[str, str] | None = None) -> InferRequest:
+    """A V1 body (``instances`` or ``inputs``) as a request for ``model``: records become one tensor per
+    column, anything else the model's first input."""
+    instances = v1.decode_instances(body)
+    columns = v1.records_to_columns(instances)
+    if columns is not None:  # [{"column": value, ...}, ...]: one tensor per column
+        return with_passed_headers(model, InferRequest(inputs=columns), headers)
+    inputs = model.signature_inputs
+    tensor = {inputs[0].name if inputs else V1_INPUT: v1.instances_to_array(instances)}
+    return with_passed_headers(model, InferRequest(inputs=tensor), headers)
+
+
+async def _explain(model: Model, inputs: Tensors, parameters: dict[str, Any]) -> Any:
+    """The model's own explanation, else the built-in one run in the model's thread pool."""
+    try:
+        return await model.explain(inputs, parameters)
+    except NoExplainer as missing:
+        from shipyard.explain.builtin import builtin_explainer  # shap and the rest only when explaining
+
+        explainer = builtin_explainer(model)
+        if explainer is None:
+            raise missing
+    try:
+        return await asyncio.get_running_loop().run_in_executor(model.executor, explainer.explain, inputs, parameters)
+    except InferenceError:
+        raise
+    except Exception as exc:  # shap or the model failed
+        raise ModelFailed.from_exception(model.name, exc) from exc
+
+
+def _explanation_json(name: str, answer: Any, v1_answer: bool) -> bytes:
+    """An explanation as JSON (numpy arrays become lists); V1 answers get KServe's ``explanations``."""
+    if v1_answer:
+        from shipyard.explain.answer import with_v1_explanations
+
+        answer = with_v1_explanations(answer)
+    try:
+        return encode_json(answer)
+    except (TypeError, ValueError, OverflowError) as exc:  # msgspec.EncodeError is a ValueError
+        raise ModelFailed(f"model '{name}': its explanation is not JSON-serialisable: {exc}") from None
+
+
+def _trace_execution(decoded: int, predicted: int, execution: Execution, rows: int) -> None:
+    """The request's ``queue`` and ``predict`` spans, children of its server span, from the times
+    measured here: a batch runs in a task of its own, for many requests at once."""
+    queued = decoded + execution.queue_ns
+    batch = execution.batch_rows or rows
+    tracing.record_span("queue", decoded, queued, attributes={"shipyard.batch_size": batch})
+    tracing.record_span("predict", queued, predicted, attributes={"shipyard.batch_size": batch,
+                                                                  "shipyard.rows": rows})
 
 
 def merge_index(groups: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:

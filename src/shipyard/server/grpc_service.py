@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, AsyncIterator, Awaitable, TypeVar
+from contextlib import contextmanager
+from typing import Any, AsyncIterator, Awaitable, Iterator, TypeVar
 
 import grpc
 
+from shipyard import logformat, tracing
 from shipyard.protocol.errors import InferenceError, NotFound, NotReady
 from shipyard.protocol.grpc_codec import decode_grpc_request, encode_grpc_response, parameters_dict
 from shipyard.protocol.proto import inference_pb2 as pb
 from shipyard.protocol.proto.service import add_servicer
+from shipyard.protocol.infer import InferRequest
+from shipyard.runtimes.base import Model
 from shipyard.server.dataplane import DataPlane
+from shipyard.server.upstream import with_passed_headers
 
 log = logging.getLogger("shipyard.server")
 Result = TypeVar("Result")
@@ -69,14 +74,18 @@ class InferenceServicer:
 
         return await self._guard(context, metadata())
 
-    def _infer(self, request: Any) -> Awaitable[Any]:
-        return self.dataplane.infer(
-            request.model_name, request.model_version or None, lambda model: decode_grpc_request(request),
-            encode_grpc_response, protocol="grpc",
-        )
+    def _infer(self, request: Any, context: Any = None) -> Awaitable[Any]:
+        def decode(model: Model) -> InferRequest:
+            decoded = decode_grpc_request(request)
+            if context is None:
+                return decoded
+            return with_passed_headers(model, decoded, dict(context.invocation_metadata() or ()))
+
+        return self.dataplane.infer(request.model_name, request.model_version or None, decode,
+                                    encode_grpc_response, protocol="grpc")
 
     async def ModelInfer(self, request: Any, context: Any) -> Any:
-        return await self._guard(context, self._infer(request))
+        return await self._guard(context, self._infer(request, context))
 
     async def ModelStreamInfer(self, requests: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
         """One response per request, in order; an error answers that request and the stream goes on."""
@@ -110,6 +119,73 @@ class InferenceServicer:
         return pb.RepositoryModelUnloadResponse()
 
 
+#: gRPC codes that mean the server failed (the span is marked failed); the rest are the caller's doing.
+_SERVER_FAILURES = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNIMPLEMENTED,
+                    grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DATA_LOSS}
+
+
+@contextmanager
+def _call_span(name: str, attributes: dict[str, Any], context: grpc.aio.ServicerContext) -> Iterator[Any]:
+    """A call's server span (parent from its ``traceparent`` metadata), its ``x-request-id`` bound."""
+    metadata = context.invocation_metadata() or ()
+    if logformat.ACTIVE:
+        logformat.bind_request(dict(metadata))
+    with tracing.server_span(name, metadata, attributes, record_errors=False) as span:
+        try:
+            yield span
+        except BaseException as exc:
+            code = context.code() if isinstance(exc, Exception) else grpc.StatusCode.CANCELLED  # client went
+            code = code if isinstance(code, grpc.StatusCode) else grpc.StatusCode.UNKNOWN
+            span.set_attribute("rpc.grpc.status_code", code.value[0])
+            if code in _SERVER_FAILURES:
+                tracing.set_error(span, context.details() or f"{type(exc).__name__}: {exc}")
+            raise
+        span.set_attribute("rpc.grpc.status_code", 0)
+
+
+def observed_handler(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """``handler`` with each call of ``method`` (``/package.Service/Method``) in a server span and its
+    request id bound (unary-unary and stream-stream calls; others are returned as they are)."""
+    name = method.lstrip("/")
+    service, _, rpc = name.rpartition("/")
+    attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc}
+    if handler.unary_unary is not None:
+        unary = handler.unary_unary
+
+        async def unary_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            with _call_span(name, attributes, context):
+                return await unary(request, context)
+
+        return handler._replace(unary_unary=unary_unary)  # type: ignore[attr-defined,no-any-return]
+    if handler.stream_stream is not None:
+        streaming = handler.stream_stream
+
+        async def stream_stream(requests: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            with _call_span(name, attributes, context):
+                async for response in streaming(requests, context):
+                    yield response
+
+        return handler._replace(stream_stream=stream_stream)  # type: ignore[attr-defined,no-any-return]
+    return handler
+
+
+class ObservedCalls(grpc.aio.ServerInterceptor):
+    """Installed only while tracing or JSON logs are on: every call through ``observed_handler``."""
+
+    def __init__(self) -> None:
+        self._wrapped: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(self, continuation: Any, details: grpc.HandlerCallDetails) -> Any:
+        handler = await continuation(details)
+        if handler is None:
+            return None
+        method = details.method  # type: ignore[attr-defined]
+        wrapped = self._wrapped.get(method)
+        if wrapped is None:
+            wrapped = self._wrapped[method] = observed_handler(method, handler)
+        return wrapped
+
+
 async def start_grpc_server(dataplane: DataPlane, host: str, port: int, max_message: int,
                             reuse_port: bool = False) -> tuple[grpc.aio.Server, int]:
     """Start the gRPC server on the running loop; return it and its bound port. Worker processes
@@ -118,7 +194,7 @@ async def start_grpc_server(dataplane: DataPlane, host: str, port: int, max_mess
         ("grpc.max_receive_message_length", max_message),
         ("grpc.max_send_message_length", -1),
         ("grpc.so_reuseport", 1 if reuse_port else 0),
-    ])
+    ], interceptors=[ObservedCalls()] if tracing.ACTIVE or logformat.ACTIVE else None)
     add_servicer(InferenceServicer(dataplane), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:

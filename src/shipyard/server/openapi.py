@@ -16,6 +16,8 @@ _ERROR_TEXT = {
     "404": "Unknown model, version or route",
     "413": "Request body over the server's limit",
     "500": "The model itself raised (the message has the exception type)",
+    "501": "The model has no explainer",
+    "502": "A transformer's predictor could not be reached or gave no usable answer",
     "503": "Model or server not ready",
 }
 
@@ -108,6 +110,10 @@ def openapi_document(model_names: list[str] | None = None) -> dict[str, Any]:
         "name": {"type": "string"}, "ready": {"type": "boolean"}}}
     infer = _post("V2 inference (JSON; the binary extension uses Inference-Header-Content-Length)",
                   _ref("InferenceRequest"), _ref("InferenceResponse"), "404", "500", "503")
+    explain = _post("Explain a V2 request's rows (the model's explain(), or built-in SHAP)",
+                    _ref("InferenceRequest"), {"type": "object"}, "404", "500", "501", "503")
+    v1_body = {"type": "object", "properties": {"instances": {"type": "array", "items": {}},
+                                                "inputs": {"type": "array", "items": {}}}}
     paths: dict[str, Any] = {
         "/": _get("Liveness (KServe V1)", {"type": "object", "properties": {"status": {"type": "string"}}}),
         "/v2": _get("Server metadata", _ref("ServerMetadata")),
@@ -133,6 +139,9 @@ def openapi_document(model_names: list[str] | None = None) -> dict[str, Any]:
         "/v2/models/{model_name}/infer": {"post": {**infer["post"], "parameters": [name_param]}},
         "/v2/models/{model_name}/versions/{model_version}/infer": {
             "post": {**infer["post"], "parameters": [name_param, version_param]}},
+        "/v2/models/{model_name}/explain": {"post": {**explain["post"], "parameters": [name_param]}},
+        "/v2/models/{model_name}/versions/{model_version}/explain": {
+            "post": {**explain["post"], "parameters": [name_param, version_param]}},
         "/v2/repository/index": _post(
             "Every model with its state", {"type": "object", "properties": {"ready": {"type": "boolean"}}},
             _ref("RepositoryIndex"), required=False),
@@ -149,12 +158,13 @@ def openapi_document(model_names: list[str] | None = None) -> dict[str, Any]:
                            {"type": "object", "properties": {"models": {"type": "array", "items": {"type": "string"}}}}),
         "/v1/models/{model_name}": _get("Model status (KServe V1)", ready, "404", parameters=[name_param]),
         "/v1/models/{model_name}:predict": _post(
-            "KServe V1 prediction",
-            {"type": "object", "properties": {"instances": {"type": "array", "items": {}},
-                                              "inputs": {"type": "array", "items": {}}}},
+            "KServe V1 prediction", v1_body,
             {"type": "object", "required": ["predictions"], "properties": {"predictions": {"type": "array",
                                                                                           "items": {}}}},
             "404", "500", "503", parameters=[name_param]),
+        "/v1/models/{model_name}:explain": _post(
+            "KServe V1 explanation (the answer adds `explanations`, one per instance)", v1_body,
+            {"type": "object"}, "404", "500", "501", "503", parameters=[name_param]),
     }
     return {
         "openapi": "3.0.3",

@@ -13,6 +13,7 @@ from urllib.parse import unquote
 
 import msgspec
 
+from shipyard import logformat, tracing
 from shipyard.protocol.errors import InferenceError, InvalidInput, MethodNotAllowed, NotFound, Overloaded
 from shipyard.protocol.http_codec import HEADER_LENGTH, decode_rest_request, encode_rest_response
 from shipyard.protocol.v2 import encode
@@ -22,6 +23,7 @@ from shipyard.server.dataplane import DataPlane
 from shipyard.server.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from shipyard.server.openapi import openapi_document
 from shipyard.server.peers import LOCAL_HEADER
+from shipyard.server.upstream import with_passed_headers
 
 log = logging.getLogger("shipyard.server")
 
@@ -81,12 +83,35 @@ class RestApp:
         self.max_body = max_body
 
     async def __call__(self, request: Request) -> Response:
-        response = await self._dispatch(request)
+        if tracing.ACTIVE or logformat.ACTIVE:
+            return await self._observed(request)
+        return self._finish(request, await self._dispatch(request))
+
+    def _finish(self, request: Request, response: Response) -> Response:
+        """Compress the answer when the client accepts it; echo its ``x-request-id``."""
         accepted = request.headers.get("accept-encoding")
         encoding = compression.pick_encoding(accepted) if accepted else None
         if encoding and response.body and response.status < 300:  # errors stay readable, as Triton's
             response.body = compression.compress(response.body, encoding)
             response.headers.append(("content-encoding", encoding))
+        request_id = request.headers.get(logformat.REQUEST_ID_HEADER)
+        if request_id is not None:
+            response.headers.append((logformat.REQUEST_ID_HEADER, request_id))
+        return response
+
+    async def _observed(self, request: Request) -> Response:
+        """A request while tracing or JSON logs are on: its id bound to the context (generated when
+        absent, and echoed), and a server span (child of its ``traceparent``) around it."""
+        if logformat.ACTIVE:
+            logformat.bind_request(request.headers)
+        if not tracing.ACTIVE or not tracing.wanted(request.path, request.headers):
+            return self._finish(request, await self._dispatch(request))
+        attributes = {"http.request.method": request.method, "url.path": request.path}
+        with tracing.server_span(f"{request.method} {request.path}", request.headers, attributes) as span:
+            response = self._finish(request, await self._dispatch(request))
+            span.set_attribute("http.response.status_code", response.status)
+            if response.status >= 500:
+                tracing.set_error(span, f"HTTP {response.status}")
         return response
 
     async def _dispatch(self, request: Request) -> Response:
@@ -154,10 +179,16 @@ class RestApp:
                 return {"POST": self.infer}, (name, None)
             case ["v2", "models", name, "versions", version, "infer"]:
                 return {"POST": self.infer}, (name, version)
+            case ["v2", "models", name, "explain"]:
+                return {"POST": self.explain}, (name, None)
+            case ["v2", "models", name, "versions", version, "explain"]:
+                return {"POST": self.explain}, (name, version)
             case ["v1", "models"]:
                 return {"GET": self.model_list}, ()
             case ["v1", "models", target] if target.endswith(":predict"):
                 return {"POST": self.predict_v1}, (target[: -len(":predict")],)
+            case ["v1", "models", target] if target.endswith(":explain"):
+                return {"POST": self.explain_v1}, (target[: -len(":explain")],)
             case ["v1", "models", name] if ":" not in name:
                 return {"GET": self.v1_model}, (name,)
         raise NotFound(f"no route for {path}; see the V2 routes under /v2 and V1 routes under /v1/models")
@@ -188,7 +219,8 @@ class RestApp:
         body = request.body
 
         def decode(model: Model):  # type: ignore[no-untyped-def]
-            return decode_rest_request(body, header_length, model.signature_inputs)
+            return with_passed_headers(model, decode_rest_request(body, header_length, model.signature_inputs),
+                                       request.headers)
 
         answer, json_length = await self.dataplane.infer(name, version, decode, encode_rest_response)
         if json_length is None:
@@ -224,7 +256,21 @@ class RestApp:
         return json_response({"name": name, "unload": True})
 
     async def predict_v1(self, request: Request, name: str) -> Response:
-        return Response(200, await self.dataplane.predict_v1(name, request.body))
+        return Response(200, await self.dataplane.predict_v1(name, request.body, request.headers))
+
+    async def explain(self, request: Request, name: str, version: str | None) -> Response:
+        """V2 explain: the body of an infer request; the answer is JSON (docs/monitoring.md, Explainers)."""
+        header_length = _header_length(request.headers.get(HEADER_LENGTH))
+        body = request.body
+
+        def decode(model: Model):  # type: ignore[no-untyped-def]
+            return with_passed_headers(model, decode_rest_request(body, header_length, model.signature_inputs),
+                                       request.headers)
+
+        return Response(200, await self.dataplane.explain(name, version, decode))
+
+    async def explain_v1(self, request: Request, name: str) -> Response:
+        return Response(200, await self.dataplane.explain_v1(name, request.body, request.headers))
 
     async def v1_model(self, request: Request, name: str) -> Response:
         return json_response(self.dataplane.v1_model(name))

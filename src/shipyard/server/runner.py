@@ -16,7 +16,7 @@ import socket
 import sys
 from dataclasses import dataclass, field
 
-from shipyard import __version__
+from shipyard import __version__, logformat, tracing
 from shipyard.runtimes import ModelSource, create_model
 from shipyard.server.batching import BatchPolicy
 from shipyard.server.dataplane import DataPlane
@@ -64,8 +64,13 @@ class StartupError(RuntimeError):
     """The server could not start (port in use, model failed to load)."""
 
 
-def say(message: str) -> None:
-    print(message, flush=True)
+def say(message: str, error: bool = False) -> None:
+    """An announcement (listening, ready, stopped) or a start-up error: a line on stdout (errors on
+    stderr), a JSON line with JSON logs (see shipyard.logformat)."""
+    if logformat.ACTIVE:
+        logformat.emit(message, "ERROR" if error else "INFO", "shipyard.server", sys.stderr if error else None)
+    else:
+        print(f"error: {message}" if error else message, file=sys.stderr if error else sys.stdout, flush=True)
 
 
 def use_uvloop() -> None:
@@ -94,7 +99,7 @@ def serve(sources: list[ModelSource], options: ServeOptions) -> int:
         use_uvloop()
         return asyncio.run(run_worker(build_repository(sources, options), options))
     except StartupError as exc:
-        print(f"error: {exc}", file=sys.stderr, flush=True)
+        say(str(exc), error=True)
         return 1
 
 
@@ -109,7 +114,7 @@ def report_loaded(entries: list[ModelEntry], base: str) -> bool:
             say(f"    V1: POST {base}/v1/models/{model.name}:predict")
         else:
             ok = False
-            print(f"error: model '{model.name}' failed to load: {entry.reason}", file=sys.stderr, flush=True)
+            say(f"model '{model.name}' failed to load: {entry.reason}", error=True)
     return ok
 
 
@@ -186,6 +191,7 @@ async def run_worker(repository: ModelRepository, options: ServeOptions, setup: 
         log.warning("%d connection(s) still busy after %.0fs were closed", cut, options.drain_seconds)
     loading.cancel()
     repository.unload_all()
+    tracing.shutdown()  # export the spans still queued (a forked worker ends without atexit)
     if setup is None:
         say("Stopped.")
     return 1 if failed else 0

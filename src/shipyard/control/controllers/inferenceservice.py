@@ -41,7 +41,17 @@ from shipyard.control.controllers.rollout import (
     predictor_status,
     rollback_policy,
 )
-from shipyard.control.controllers.status import Observed, service_status
+from shipyard.control.components import (
+    COMPONENTS,
+    PREDICTOR,
+    component_key,
+    component_resource,
+    component_status,
+    predictor_host,
+    present,
+    split_key,
+)
+from shipyard.control.controllers.status import Observed, condition, ready_condition, service_status
 from shipyard.control.engines.base import Engine
 from shipyard.control.model_source import gateway_settings, replica_needs
 from shipyard.control.resources import INFERENCE_SERVICE, Resource, canonical_json
@@ -60,6 +70,8 @@ DRAIN_TIMEOUT_S = 30.0
 #: "false": payload logging sends only responses with status 200 (KServe's behaviour); failed ones too otherwise.
 LOGGER_ERRORS_ANNOTATION = "serving.shipyard.io/logger-errors"
 DOMAIN = "example.com"
+#: The predictor's ``protocolVersion`` -> how its transformer or explainer calls it (V2 unless it says v1 or gRPC).
+CALLER_PROTOCOLS = {"v1": "v1", "v2": "v2", "grpc-v1": "v1", "grpc-v2": "grpc-v2"}
 #: Keys of the gateway's shadow report that the status leaves out (known already, or changing every instant).
 SHADOW_REPORT_SKIPPED = ("namespace", "isvc", "pending")
 
@@ -119,6 +131,7 @@ class InferenceServiceController:
         cold_starts: Callable[[str], dict[str, Any] | None] | None = None,
         routes_changed: Callable[[], None] | None = None,
         ledger: Ledger | None = None,
+        gateway_grpc: Callable[[], str | None] = lambda: None,
     ) -> None:
         self.store = store
         self.in_flight = in_flight
@@ -126,11 +139,12 @@ class InferenceServiceController:
         self.stats = stats
         self.shadow_report = shadow_report
         self.gateway_url = gateway_url
+        self.gateway_grpc = gateway_grpc
         self.domain = domain
         self.wake = asyncio.Event()
         self.ledger = ledger
         self.routes_changed = routes_changed or (lambda: None)
-        self.replicas = Replicas(store, engine, logs_dir, self.wake.set, ledger, self._needs)
+        self.replicas = Replicas(store, engine, logs_dir, self.wake.set, ledger, self._needs, self._caller_args)
         self.scaling = Scaling(store, self.replicas, ledger.inventory if ledger is not None else None,
                                take or (lambda key: (0.0, 0)), cold_starts, self._warn_once)
         self._autoscale = asyncio.Event()
@@ -179,28 +193,54 @@ class InferenceServiceController:
                 await self.reconcile(resource)
             except Exception:
                 log.exception("reconciling %s/%s failed", resource.namespace, resource.name)
-        live = {(r.namespace, r.name) for r in resources}
-        for replica in list(self.replicas.items.values()):  # replicas of services that are gone
+        live = {(r.namespace, component_key(r.name, c)) for r in resources for c in present(r)}
+        for key in [key for key in self._tables if key not in live and split_key(key[1])[1] != PREDICTOR]:
+            self._withdraw(*key)  # a transformer or explainer taken out of its service's spec
+        for replica in list(self.replicas.items.values()):  # replicas of services (or components) that are gone
             if (replica.namespace, replica.isvc) not in live:
                 self.replicas.drain(replica, time.monotonic(), self._may_stop, force=True)
 
     async def reconcile(self, resource: Resource) -> None:
-        """Bring one service one step closer to its spec."""
+        """Bring one service (each of its components) one step closer to its spec."""
         namespace, name = resource.namespace, resource.name
         if resource.deleting:
-            self.scaling.forget(namespace, name)  # no more decisions (nor events) for it
+            for component in COMPONENTS:
+                self.scaling.forget(namespace, component_key(name, component))  # no more decisions (nor events)
             if (namespace, name) not in self._deleting:
                 self._deleting[(namespace, name)] = asyncio.ensure_future(self._delete(namespace, name))
             return
+        status = self._reconcile_component(resource, PREDICTOR)
+        for component in present(resource)[1:]:
+            part, ready = component_status(self._reconcile_component(component_resource(resource, component), component))
+            part["url"] = f"http://{predictor_host(name, namespace, self.domain).replace(PREDICTOR, component, 1)}"
+            status["components"][component] = part
+            status["conditions"].insert(-1, condition(resource.status or {}, f"{component.capitalize()}Ready",
+                                                      ready is not None and ready["status"] == "True",
+                                                      (ready or {}).get("reason", "RevisionNotReady"),
+                                                      (ready or {}).get("message", "")))
+            scaling = self.scaling.status(namespace, component_key(name, component))
+            status["shipyard"]["autoscaling"].update(scaling)
+        status["components"][PREDICTOR]["url"] = f"http://{predictor_host(name, namespace, self.domain)}"
+        status["conditions"][-1] = ready_condition(resource.status or {}, status["conditions"][:-1])
+        if canonical_json(status) != canonical_json(resource.status or {}):
+            self.store.set_status(KIND, namespace, name, status)
+
+    def _reconcile_component(self, resource: Resource, component: str) -> dict[str, Any]:
+        """One component (``resource`` is the service, or a stand-in for its transformer or explainer):
+        revisions, traffic, replicas, routes, rollback; the status it would have as a service."""
+        namespace, name = resource.namespace, resource.name
         predictor = resource.spec.get("predictor") or {}
         ready = self.replicas.ready_revisions(namespace, name) | self.scaling.zero_ready(namespace, name)
         plan = Plan(resource, self._revisions(resource, predictor), ready)
-        self._shadow(resource, plan)
+        if component == PREDICTOR:
+            self._shadow(resource, plan)
         desired = self._desired(resource, predictor, plan)
         switch = traffic.can_switch(desired, plan.ready)
         targets = desired if switch else plan.published
         if switch and targets != plan.published:
-            self.store.event(KIND, namespace, name, "Normal", "TrafficShifted", f"traffic: {traffic.describe(targets)}")
+            where = "" if component == PREDICTOR else f"{component} "
+            self.store.event(KIND, namespace, name, "Normal", "TrafficShifted",
+                             f"{where}traffic: {traffic.describe(targets)}")
         rolled_out, previous = traffic.rolled_out_after(targets, plan.rolled_out, plan.previous)
 
         wanted = {t.revision for t in desired + targets} | {plan.latest.name} | ({plan.shadow} if plan.shadow else set())
@@ -208,22 +248,41 @@ class InferenceServiceController:
         counts = self.scaling.sync(resource, plan.revisions, wanted, now)
         for revision in sorted(wanted):
             self.replicas.ensure(namespace, name, revision, counts[revision], now)
-        self._publish(namespace, name, targets, plan)  # routes first: only then may replicas stop
+        self._publish(namespace, name, targets, plan, component)  # routes first: only then may replicas stop
         for replica in self.replicas.of(namespace, name):
             if replica.revision not in wanted or replica.index >= counts.get(replica.revision, 0):
                 self.replicas.drain(replica, now, self._may_stop)
-        self._auto_rollback(resource, targets, rolled_out)
+        if component == PREDICTOR:
+            self._auto_rollback(resource, targets, rolled_out)
         seen = Observed(name, namespace, resource.generation, plan.latest.name, plan.latest_ready, rolled_out,
                         previous, targets, plan.ready)
         status = service_status(resource.status or {}, seen,
                                 lambda revision: self.replicas.why_not_ready(namespace, name, revision),
                                 self.gateway_url(), self.domain)
         report = self.shadow_report(namespace, name) if self.shadow_report is not None else None
-        if report:
+        if report and component == PREDICTOR:
             status["shadow"] = {key: value for key, value in report.items() if key not in SHADOW_REPORT_SKIPPED}
         status["shipyard"] = {**(status.get("shipyard") or {}), "autoscaling": self.scaling.status(namespace, name)}
-        if canonical_json(status) != canonical_json(resource.status or {}):
-            self.store.set_status(KIND, namespace, name, status)
+        return status
+
+    def _caller_args(self, namespace: str, key: str) -> list[str]:
+        """How a transformer's or explainer's replicas reach the predictor: through the gateway, as
+        ``<isvc>-predictor.<namespace>.<domain>``, speaking the predictor's protocol."""
+        isvc, component = split_key(key)
+        if component == PREDICTOR:
+            return []
+        url = self.gateway_url()
+        if url is None:
+            raise ValueError("the gateway is not listening yet; the replica starts once it is")
+        resource = self.store.get(KIND, namespace, isvc)
+        protocol = ((((resource.spec if resource else {}).get(PREDICTOR) or {}).get("model") or {})
+                    .get("protocolVersion")) or "v2"
+        args = ["--predictor-url", url, "--predictor-host", predictor_host(isvc, namespace, self.domain),
+                "--predictor-protocol", CALLER_PROTOCOLS.get(protocol, "v2")]
+        grpc = self.gateway_grpc()
+        if grpc:
+            args += ["--predictor-grpc-url", f"grpc://{grpc}"]
+        return args
 
     # -- revisions and traffic ---------------------------------------------------------------------
     def _revisions(self, resource: Resource, predictor: dict[str, Any]) -> list[Revision]:
@@ -264,10 +323,11 @@ class InferenceServiceController:
                             "from 0 to 100; mirroring 100%")
 
     # -- routes ------------------------------------------------------------------------------------
-    def _publish(self, namespace: str, isvc: str, targets: list[traffic.Target], plan: Plan) -> None:
+    def _publish(self, namespace: str, isvc: str, targets: list[traffic.Target], plan: Plan,
+                 component: str = PREDICTOR) -> None:
         """Write the gateway's route table when it changed (with a higher version)."""
         key = (namespace, isvc)
-        table = self.route_table(namespace, isvc, targets, plan)
+        table = self.route_table(namespace, isvc, targets, plan, component)
         last = self._tables.get(key)
         if last is not None and {**last, "version": 0} == table:
             return
@@ -278,9 +338,10 @@ class InferenceServiceController:
         self._routed[key] = _routed_revisions(table)
         self.routes_changed()
 
-    def route_table(self, namespace: str, isvc: str, targets: list[traffic.Target], plan: Plan) -> dict[str, Any]:
+    def route_table(self, namespace: str, isvc: str, targets: list[traffic.Target], plan: Plan,
+                    component: str = PREDICTOR) -> dict[str, Any]:
         """The table the gateway routes by (see the control-plane contract); ``protocol`` and ``timeout_s``
-        (``spec.predictor.timeout``) are the latest revision's."""
+        (``spec.predictor.timeout``) are the latest revision's; ``isvc`` is the component key."""
         protocol, timeout_s = gateway_settings(plan.latest.spec)
         backends = []
         for t in targets:
@@ -300,7 +361,9 @@ class InferenceServiceController:
             if scale is not None else None
         table = {"isvc": isvc, "namespace": namespace, "protocol": protocol, "timeout_s": timeout_s,
                  "backends": backends, "shadow": shadow, "activator": activator, "version": 0}
-        logger = logger_settings(plan.latest.spec, plan.annotations)
+        if component != PREDICTOR:
+            table["component"] = component
+        logger = logger_settings(plan.latest.spec, plan.annotations, component)
         if logger is not None:
             table["logger"] = logger
         return table
@@ -349,12 +412,14 @@ class InferenceServiceController:
         self.wake.set()
 
     def _needs(self, namespace: str, isvc: str, revision: str) -> ReplicaNeeds:
-        """What each replica of ``revision`` holds in the ledger (ValueError names a bad field)."""
+        """What each replica of ``revision`` holds in the ledger (ValueError names a bad field); ``isvc`` is a
+        component key."""
         stored = next((r for r in self.store.revisions(namespace, isvc) if r.name == revision), None)
-        resource = self.store.get(KIND, namespace, isvc)
+        service, component = split_key(isvc)
+        resource = self.store.get(KIND, namespace, service)
         if stored is None:
             return ReplicaNeeds()
-        return replica_needs(stored.spec, resource.annotations if resource is not None else {})
+        return replica_needs(stored.spec, resource.annotations if resource is not None else {}, component)
 
     def _warn_once(self, resource: Resource, message: str) -> None:
         marker = (resource.namespace, resource.name, message)
@@ -365,24 +430,39 @@ class InferenceServiceController:
     # -- delete, recovery, shutdown ----------------------------------------------------------------
     async def _delete(self, namespace: str, name: str) -> None:
         """Withdraw the routes, let in-flight requests finish, stop every replica, forget the service."""
+        keys = [component_key(name, component) for component in COMPONENTS]
         try:
-            self.store.set_routes(namespace, name, None)
+            for key in keys:
+                self.store.set_routes(namespace, key, None)
             withdrawn = time.monotonic()
-            replicas = self.replicas.of(namespace, name)
+            replicas = [replica for key in keys for replica in self.replicas.of(namespace, key)]
             revisions = {r.revision for r in replicas}
             while time.monotonic() - withdrawn < DRAIN_TIMEOUT_S and any(
                     self._gateway_uses(revision, time.monotonic() - withdrawn) for revision in revisions):
                 await asyncio.sleep(0.05)
             await self.replicas.stop_all(replicas)
             self.store.remove(KIND, namespace, name)
-            self.replicas.forget(namespace, name)
-            self.scaling.forget(namespace, name)
-            for state in (self._tables, self._routed, self._published_at):
-                state.pop((namespace, name), None)
+            for key in keys:
+                self.replicas.forget(namespace, key)
+                self.scaling.forget(namespace, key)
+                for state in (self._tables, self._routed, self._published_at):
+                    state.pop((namespace, key), None)
             log.info("deleted inferenceservice %s/%s: routes withdrawn, %d replica(s) stopped", namespace, name,
                      len(replicas))
         finally:
             self._deleting.pop((namespace, name), None)
+
+    def _withdraw(self, namespace: str, key: str) -> None:
+        """Stop routing to a component removed from its service (its replicas then drain)."""
+        self.store.set_routes(namespace, key, None)
+        self.scaling.forget(namespace, key)
+        for state in (self._tables, self._routed):
+            state.pop((namespace, key), None)
+        self._published_at[(namespace, key)] = time.monotonic()
+        self.routes_changed()
+        isvc, component = split_key(key)
+        self.store.event(KIND, namespace, isvc, "Normal", "ComponentRemoved", f"the {component} was removed from "
+                         "the spec: requests go to the predictor; its replicas drain")
 
     async def recover(self) -> None:
         """After a (re)start: adopt or reschedule the recorded replicas, and load the published tables."""
@@ -402,14 +482,15 @@ class InferenceServiceController:
         await self.replicas.cancel_starts()
 
 
-def logger_settings(predictor: dict[str, Any], annotations: dict[str, str]) -> dict[str, Any] | None:
-    """The route table's ``logger`` for a predictor's ``logger`` (validation checked it), with
+def logger_settings(predictor: dict[str, Any], annotations: dict[str, str],
+                    component: str = PREDICTOR) -> dict[str, Any] | None:
+    """The route table's ``logger`` for a component's ``logger`` (validation checked it), with
     ``errors`` false when the annotation ``serving.shipyard.io/logger-errors`` is "false"."""
     logger = predictor.get("logger")
     if not isinstance(logger, dict) or not isinstance(logger.get("url"), str):
         return None
     errors = str(annotations.get(LOGGER_ERRORS_ANNOTATION, "true")).strip().lower() != "false"
-    return {"mode": logger.get("mode") or "all", "url": logger["url"], "errors": errors, "component": "predictor"}
+    return {"mode": logger.get("mode") or "all", "url": logger["url"], "errors": errors, "component": component}
 
 
 def _routed_revisions(table: dict[str, Any]) -> set[str]:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from shipyard import processes
+from shipyard.control.components import revision_prefix, split_key
 from shipyard.control.engines.base import Engine, EngineError, ReplicaHandle, ReplicaSpec
 from shipyard.control.model_source import ReplicaCommand, serve_command
 from shipyard.control.prefork import FORMAT_ENV
@@ -90,7 +91,8 @@ class Replicas:
 
     def __init__(self, store: Store, engine: Engine, logs_dir: Path, on_change: Callable[[], None],
                  ledger: Ledger | None = None,
-                 needs_of: Callable[[str, str, str], ReplicaNeeds] | None = None) -> None:
+                 needs_of: Callable[[str, str, str], ReplicaNeeds] | None = None,
+                 extra_args: Callable[[str, str], list[str]] | None = None) -> None:
         self.store = store
         self.engine = engine
         self.logs_dir = logs_dir
@@ -98,6 +100,8 @@ class Replicas:
         self.ledger = ledger
         #: (namespace, isvc, revision) -> what each replica of it holds; ValueError names a bad field.
         self.needs_of = needs_of or (lambda namespace, isvc, revision: ReplicaNeeds())
+        #: (namespace, component key) -> arguments added to its replicas' command (a transformer's predictor).
+        self.extra_args = extra_args or (lambda namespace, isvc: [])
         self.items: dict[Key, Replica] = {}
         self._commands: dict[tuple[str, str], ReplicaCommand] = {}
 
@@ -137,7 +141,7 @@ class Replicas:
         for index in range(count):
             replica = self.items.get((namespace, revision, index))
             if replica is None:
-                log_path = self.logs_dir / namespace / isvc / f"{revision}-{index}.log"
+                log_path = self.logs_dir / namespace / split_key(isvc)[0] / f"{revision}-{index}.log"
                 replica = self.items[(namespace, revision, index)] = Replica(namespace, isvc, revision, index, log_path)
             if replica.busy:
                 continue
@@ -224,6 +228,7 @@ class Replicas:
         if stored is None:
             raise ValueError(f"revision {revision} is not recorded")
         command = await asyncio.to_thread(serve_command, isvc, stored.spec, namespace)
+        command.argv += self.extra_args(namespace, isvc)
         for message in command.warnings:
             self.store.event(KIND, namespace, isvc, "Warning", "FieldIgnored", f"{revision}: {message}")
         self._commands[(namespace, revision)] = command
@@ -231,7 +236,7 @@ class Replicas:
 
     def forget(self, namespace: str, isvc: str) -> None:
         """Drop what is cached for a deleted service (a new one of that name starts afresh)."""
-        for key in [key for key in self._commands if key[0] == namespace and key[1].startswith(f"{isvc}-predictor-")]:
+        for key in [key for key in self._commands if key[0] == namespace and key[1].startswith(f"{revision_prefix(isvc)}-")]:
             del self._commands[key]
 
     def _failed(self, replica: Replica, why: str) -> None:
@@ -274,7 +279,9 @@ class Replicas:
         handle = replica.handle
         assert handle is not None
         if not self.engine.alive(handle):
-            self._failed(replica, f"replica {replica.index} of {replica.revision} {_exit(self.engine.exit_code(handle))}")
+            why = _last_error(replica.log_path)
+            self._failed(replica, f"replica {replica.index} of {replica.revision} {_exit(self.engine.exit_code(handle))}"
+                         + (f": {why}" if why else ""))
             return None
         return await self.engine.ready(handle)
 
@@ -363,6 +370,19 @@ class Replicas:
             needs = ReplicaNeeds()
         devices = [d for d in (processes.env_tag(pid, CUDA_ENV) or "").split(",") if d]
         self.ledger.adopt(replica.key, needs, devices)
+
+
+def _last_error(log_path: Path, tail_bytes: int = 16384) -> str:
+    """The last ``error: ...`` line ``shipyard serve`` wrote to a replica's log (why it stopped), if any."""
+    try:
+        with open(log_path, "rb") as log:
+            log.seek(0, 2)
+            log.seek(max(0, log.tell() - tail_bytes))
+            lines = log.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    errors = [line.strip() for line in lines if line.startswith("error: ")]
+    return errors[-1].removeprefix("error: ") if errors else ""
 
 
 def _exit(code: int | None) -> str:

@@ -2,7 +2,8 @@
 
 Conditions: ``PredictorReady`` (every revision that gets traffic has a ready replica),
 ``IngressReady`` (the gateway routes to it), ``LatestDeploymentReady`` (the newest revision is
-ready) and ``Ready`` (all three). A condition's ``lastTransitionTime`` moves only when its status
+ready), ``TransformerReady`` / ``ExplainerReady`` when the service has those components (the
+controller adds them), and ``Ready`` (all of them). A condition's ``lastTransitionTime`` moves only when its status
 does; a false one says why in ``reason`` and ``message``.
 """
 
@@ -44,9 +45,7 @@ def service_status(old: dict[str, Any], seen: Observed, why_not_ready: Callable[
                   "the gateway is not running" if predictor_ok else "no ready revision to route to yet"),
         condition(old, "LatestDeploymentReady", latest_ok, "RevisionNotReady", why_not_ready(seen.latest)),
     ]
-    failing = next((c for c in conditions if c["status"] != "True"), None)
-    conditions.append(condition(old, "Ready", failing is None, failing.get("reason", "") if failing else "",
-                                failing.get("message", "") if failing else ""))
+    conditions.append(ready_condition(old, conditions))
     predictor = {
         "latestCreatedRevision": seen.latest,
         "latestReadyRevision": seen.latest_ready,
@@ -61,6 +60,13 @@ def service_status(old: dict[str, Any], seen: Observed, why_not_ready: Callable[
         "components": {"predictor": {key: value for key, value in predictor.items() if value is not None}},
         "observedGeneration": seen.generation,
     }
+
+
+def ready_condition(old_status: dict[str, Any], conditions: list[dict[str, Any]]) -> dict[str, Any]:
+    """``Ready``: every other condition true; else the first false one's reason and message."""
+    failing = next((c for c in conditions if c["status"] != "True"), None)
+    return condition(old_status, "Ready", failing is None, failing.get("reason", "") if failing else "",
+                     failing.get("message", "") if failing else "")
 
 
 def condition(old_status: dict[str, Any], kind: str, ok: bool, reason: str, message: str) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from typing import Any
 
 import httpx
 
-from shipyard import processes
+from shipyard import logformat, processes
 from shipyard.control import prefork as zygote
 from shipyard.control.engines.base import EngineError, ReplicaHandle, ReplicaSpec
 from shipyard.home import shipyard_home
@@ -34,7 +34,7 @@ from shipyard.home import shipyard_home
 REPLICA_ENV = "SHIPYARD_REPLICA"
 #: The lines ``shipyard serve`` prints once it listens (server/runner.py).
 LISTENING = re.compile(r"listening on (http://\S+)")
-GRPC_LISTENING = re.compile(r"gRPC listening on (\S+)")
+GRPC_LISTENING = re.compile(r"gRPC listening on ([^\s\"]+)")  # stops at the quote of a JSON log line
 POLL_S = 0.05
 #: How often a starting replica's log is read for the line saying where it listens.
 LISTEN_POLL_S = 0.01
@@ -71,8 +71,9 @@ class LocalEngine:
         spec.log_path.parent.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **spec.env, REPLICA_ENV: self._tag(spec)}
         with open(spec.log_path, "ab") as log:
-            log.write(f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} starting replica {spec.index} of "
-                      f"{spec.revision}: shipyard serve {' '.join(spec.argv)}\n".encode())
+            starting = f"starting replica {spec.index} of {spec.revision}: shipyard serve {' '.join(spec.argv)}"
+            log.write((logformat.json_line(starting, logger="shipyard.control") if logformat.ACTIVE else
+                       f"--- {time.strftime('%Y-%m-%d %H:%M:%S')} {starting}\n").encode())
             log.flush()
             offset = log.tell()
         pid = None

@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 import grpc
 
-from shipyard import __version__
+from shipyard import __version__, logformat, tracing
 from shipyard.control.gateway.activator import Activator
 from shipyard.control.gateway.observe import Observer
 from shipyard.control.gateway.rest import GATEWAY_NAME, REVISION_HEADER, PayloadTap, activate
@@ -31,17 +31,20 @@ from shipyard.control.gateway.shadow import Answer, Mirror, ShadowJob
 from shipyard.monitor.cloudevents import GRPC_CONTENT_TYPE
 from shipyard.protocol.errors import InferenceError, NotFound, NotReady
 from shipyard.protocol.proto import inference_pb2 as pb
-from shipyard.server.grpc_service import STATUS_CODES
+from shipyard.server.grpc_service import STATUS_CODES, observed_handler
 
 log = logging.getLogger("shipyard.gateway")
 
 SERVICE = "inference.GRPCInferenceService"
 NAMESPACE_METADATA = "x-shipyard-namespace"
+#: A Host such as ``iris-predictor.default.example.com`` to route by (gRPC's :authority does not reach
+#: the servicer); a transformer's or explainer's calls to its predictor carry it (server/upstream.py).
+HOST_METADATA = "x-shipyard-host"
 #: Codes that mean the revision failed (counted as errors); the rest are the caller's doing.
 SERVER_ERRORS = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL, grpc.StatusCode.UNAVAILABLE,
                  grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.DATA_LOSS}
 #: Metadata a client sends that must not be forwarded (gRPC's own, and ours).
-_DROP_METADATA = ("user-agent", REVISION_HEADER, NAMESPACE_METADATA)
+_DROP_METADATA = ("user-agent", REVISION_HEADER, NAMESPACE_METADATA, HOST_METADATA)
 
 
 def _code_number(code: grpc.StatusCode) -> int:
@@ -85,7 +88,7 @@ class GrpcProxy:
 
         per_replica = ("is kept by each replica; the gateway does not merge it. Ask a replica directly "
                        "(`shipyard describe isvc NAME` lists their addresses)")
-        return grpc.method_handlers_generic_handler(SERVICE, {
+        handlers = {
             "ServerLive": local(self.server_live, pb.ServerLiveRequest),
             "ServerReady": local(self.server_ready, pb.ServerReadyRequest),
             "ServerMetadata": local(self.server_metadata, pb.ServerMetadataRequest),
@@ -99,7 +102,10 @@ class GrpcProxy:
                                                  "change with `shipyard apply`"),
             "RepositoryModelUnload": unimplemented("RepositoryModelUnload through the gateway: InferenceServices "
                                                    "change with `shipyard apply` / `shipyard delete`"),
-        })
+        }
+        if tracing.ACTIVE or logformat.ACTIVE:  # a server span per call, its request id bound
+            handlers = {name: observed_handler(f"/{SERVICE}/{name}", h) for name, h in handlers.items()}
+        return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
     def channel(self, address: str) -> grpc.aio.Channel:
         channel = self.channels.get(address)
@@ -162,7 +168,8 @@ class GrpcProxy:
 
     def _route(self, name: str, context: grpc.aio.ServicerContext) -> tuple[RouteTable, str | None, Backend]:
         metadata = dict(context.invocation_metadata() or ())
-        table = self.router.find(name, metadata.get(NAMESPACE_METADATA))
+        hit = self.router.by_host(metadata.get(HOST_METADATA))  # a transformer's call to its predictor
+        table = hit[0] if hit is not None else self.router.find(name, metadata.get(NAMESPACE_METADATA))
         wanted = metadata.get(REVISION_HEADER)
         return table, wanted, table.choose(wanted)
 
@@ -181,7 +188,8 @@ class GrpcProxy:
         try:
             while not len(backend.pool):  # scaled to zero or starting: wait for a replica
                 try:
-                    table, backend = await activate(self.activator, self.router, table, backend, wanted)
+                    with tracing.child_span("activator", {"shipyard.revision": backend.revision}):
+                        table, backend = await activate(self.activator, self.router, table, backend, wanted)
                 except InferenceError as exc:
                     await context.abort(STATUS_CODES.get(exc.status, grpc.StatusCode.UNAVAILABLE), exc.message)
             return await self._send_routed(method, body, table, backend, context, mirror)
@@ -195,6 +203,16 @@ class GrpcProxy:
         remaining = context.time_remaining()
         timeout = min(table.timeout_s, remaining) if remaining is not None and math.isfinite(remaining) \
             else table.timeout_s
+        if tracing.ACTIVE:  # the replica's span is a child of the gateway's
+            tracing.annotate({"shipyard.service": f"{table.namespace}/{table.isvc}",
+                              "shipyard.revision": backend.revision})
+            carrier: dict[str, str] = {}
+            tracing.inject_into(carrier)
+            if carrier:
+                metadata = (*((k, v) for k, v in metadata if k not in tracing.TRACE_HEADERS), *carrier.items())
+        request_id = logformat.REQUEST_ID.get() if logformat.ACTIVE else None
+        if request_id is not None and all(k != logformat.REQUEST_ID_HEADER for k, _ in metadata):
+            metadata = (*metadata, (logformat.REQUEST_ID_HEADER, request_id))  # generated here: the replica logs it too
         live: asyncio.Future[Answer] | None = None
         logged: str | None = None
         if mirror and table.logger is not None:  # ModelInfer
@@ -237,6 +255,8 @@ class GrpcProxy:
         while replica is not None:
             address = replica.grpc
             self._busy[address] = self._busy.get(address, 0) + 1
+            if tracing.ACTIVE:  # the live call's span (a mirrored copy runs outside it)
+                tracing.annotate({"shipyard.replica": address or ""})
             try:
                 call = self.channel(address).unary_unary(f"/{SERVICE}/{method}")
                 response = await call(body, metadata=metadata, timeout=timeout)

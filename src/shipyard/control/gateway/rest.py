@@ -27,9 +27,10 @@ from urllib.parse import unquote
 
 import httpx
 
-from shipyard import __version__
+from shipyard import __version__, logformat, tracing
 from shipyard.control.gateway.activator import Activator
 from shipyard.control.gateway.observe import Observer
+from shipyard.control.components import PREDICTOR
 from shipyard.control.gateway.routing import DEFAULT_NAMESPACE, Backend, Replica, RouteTable, Router
 from shipyard.control.gateway.shadow import Answer, Mirror, ShadowJob
 from shipyard.monitor.cloudevents import event_id, make_event
@@ -73,6 +74,11 @@ def is_inference(method: str, path: str) -> bool:
     return method == "POST" and (path.endswith("/infer") or path.endswith(":predict"))
 
 
+def is_explanation(method: str, path: str) -> bool:
+    """A V1 ``:explain`` or V2 ``/explain`` request (the explainer's, when the service has one)."""
+    return method == "POST" and (path.endswith("/explain") or path.endswith(":explain"))
+
+
 async def send(client: httpx.AsyncClient, backend: Backend, method: str, path: str, headers: dict[str, str],
                body: bytes, timeout_s: float) -> Answer:
     """Send one request to a replica of ``backend``. A replica that refuses the connection (so
@@ -87,6 +93,8 @@ async def send(client: httpx.AsyncClient, backend: Backend, method: str, path: s
     try:
         async with asyncio.timeout(timeout_s):
             while True:
+                if tracing.ACTIVE:  # the live request's span (a mirrored copy runs outside it)
+                    tracing.annotate({"shipyard.replica": replica.http or ""})
                 try:
                     status, answer_headers, answer_body = await _exchange(client, method, replica.http + path,
                                                                           headers, body)
@@ -147,7 +155,7 @@ class PayloadTap:
             id = event_id(headers)
             if config.requests:
                 logger.log(make_event("request", id, body, content_type, namespace=table.namespace,
-                                      isvc=table.isvc, endpoint=backend.revision, component=config.component,
+                                      isvc=table.service, endpoint=backend.revision, component=config.component,
                                       content_encoding=content_encoding))
             return id
         except Exception:
@@ -167,7 +175,7 @@ class PayloadTap:
             logger = self.loggers.get(table.namespace, table.isvc, config.url)
             if logger is not None:
                 logger.log(make_event("response", id, body, content_type, namespace=table.namespace,
-                                      isvc=table.isvc, endpoint=backend.revision, component=config.component,
+                                      isvc=table.service, endpoint=backend.revision, component=config.component,
                                       status=status, content_encoding=content_encoding))
         except Exception:
             log.exception("payload logging of a response of %s/%s failed", table.namespace, table.isvc)
@@ -189,11 +197,34 @@ class RestProxy:
         self.metrics = metrics
 
     async def __call__(self, request: Request) -> Response:
+        if tracing.ACTIVE or logformat.ACTIVE:
+            return await self._observed(request)
+        return await self._answer(request)
+
+    async def _answer(self, request: Request) -> Response:
         try:
             return await self._dispatch(request)
         except Exception as exc:  # a bug of ours: say so, keep serving
             log.exception("gateway failed on %s %s", request.method, request.path)
             return error_response(500, f"gateway error: {type(exc).__name__}: {exc}")
+
+    async def _observed(self, request: Request) -> Response:
+        """While tracing or JSON logs are on: the request id bound (generated when absent: it is then
+        forwarded to the replica and echoed), and a server span; ``_forward`` adds the service, revision
+        and replica to it and sends its ``traceparent`` on."""
+        request_id = logformat.bind_request(request.headers) if logformat.ACTIVE else None
+        if not tracing.ACTIVE or not tracing.wanted(request.path, request.headers):
+            response = await self._answer(request)
+        else:
+            attributes = {"http.request.method": request.method, "url.path": request.path}
+            with tracing.server_span(f"{request.method} {request.path}", request.headers, attributes) as span:
+                response = await self._answer(request)
+                span.set_attribute("http.response.status_code", response.status)
+                if response.status >= 500:
+                    tracing.set_error(span, f"HTTP {response.status}")
+        if request_id is not None and not any(name == logformat.REQUEST_ID_HEADER for name, _ in response.headers):
+            response.headers.append((logformat.REQUEST_ID_HEADER, request_id))
+        return response
 
     async def _dispatch(self, request: Request) -> Response:
         try:
@@ -206,7 +237,8 @@ class RestProxy:
 
     async def _route(self, request: Request) -> Response:
         host = request.headers.get("host")
-        hit = self.router.by_host(host)
+        explain = is_explanation(request.method, request.path)
+        hit = self.router.by_host(host, explain)
         if hit is not None:
             table, tag = hit
             return await self._proxy(request, table, request.headers.get(REVISION_HEADER) or tag)
@@ -229,9 +261,9 @@ class RestProxy:
                 raise NotFound("the gateway keeps no statistics of all models; ask for one model's at "
                                "/v2/models/{name}/stats (answered by one of its replicas)")
             case ["v2", "models", name, *_]:
-                table = self.router.find(name, namespace)
+                table = self.router.find(name, namespace, explain)
             case ["v1", "models", target, *_]:
-                table = self.router.find(target.split(":", 1)[0], namespace)
+                table = self.router.find(target.split(":", 1)[0], namespace, explain)
             case ["v2", "repository", *_]:
                 raise NotFound("the gateway has no model repository API; InferenceServices change with "
                                "`shipyard apply`")
@@ -245,7 +277,7 @@ class RestProxy:
             namespace = DEFAULT_NAMESPACE
         tables = sorted(self.router.tables.values(), key=lambda t: t.key)
         return json_response({
-            "models": [t.isvc for t in tables if t.namespace == namespace],
+            "models": [t.isvc for t in tables if t.namespace == namespace and t.component == PREDICTOR],
             "services": [t.summary() for t in tables],
         })
 
@@ -255,15 +287,22 @@ class RestProxy:
         self.activator.begin(metered)  # held requests count as concurrency too
         try:
             while not len(backend.pool):  # scaled to zero or starting: wait for a replica
-                table, backend = await activate(self.activator, self.router, table, backend, wanted)
+                with tracing.child_span("activator", {"shipyard.revision": backend.revision}):
+                    table, backend = await activate(self.activator, self.router, table, backend, wanted)
             return await self._forward(request, table, backend)
         finally:
             self.activator.end(metered)
 
     async def _forward(self, request: Request, table: RouteTable, backend: Backend) -> Response:
         headers = {name: request.headers[name] for name in FORWARD_REQUEST_HEADERS if name in request.headers}
+        # CloudEvents' binary-mode attributes (a payload logger's events to a detector service)
+        headers.update((name, value) for name, value in request.headers.items() if name.startswith("ce-"))
         # without it httpx would ask for gzip; the client's own wish goes to the replica unchanged
         headers["accept-encoding"] = request.headers.get("accept-encoding", "identity")
+        if tracing.ACTIVE:
+            tracing.annotate({"shipyard.service": f"{table.namespace}/{table.isvc}",
+                              "shipyard.revision": backend.revision})
+            tracing.inject_into(headers)  # the replica's span is a child of the gateway's
         live: asyncio.Future[Answer] | None = None
         logged: str | None = None
         if is_inference(request.method, request.path):

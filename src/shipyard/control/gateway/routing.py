@@ -10,6 +10,10 @@ The controller publishes one table per InferenceService (``store.set_routes``)::
      "logger": {"mode": "all", "url": "http://...", "errors": true, "component": "predictor"} | absent,
      "version": 17}
 
+A service's transformer and explainer have tables of their own under their component keys
+(``iris:transformer``, with ``"component": "transformer"``; components.py): requests to the service
+go to its transformer when it has one, explanations to its explainer (``Router.entry``).
+
 ``logger`` (payload logging, ``spec.predictor.logger``): the gateway sends each inference request
 and/or response of the service as a CloudEvent to ``url`` (shipyard.monitor); ``errors`` false
 logs only responses with status 200 (KServe's behaviour).
@@ -35,6 +39,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
+from shipyard.control.components import (
+    COMPONENTS,
+    EXPLAINER,
+    PREDICTOR,
+    SEPARATOR,
+    TRANSFORMER,
+    component_key,
+    split_key,
+)
 from shipyard.control.revisions import revision_key
 from shipyard.protocol.errors import NotFound, NotReady
 
@@ -151,6 +164,8 @@ class RouteTable:
     activator_queue: int = DEFAULT_ACTIVATOR_QUEUE
     activator_timeout_s: float = DEFAULT_ACTIVATOR_TIMEOUT_S
     logger: LoggerConfig | None = None
+    #: predictor, transformer or explainer; ``isvc`` is then the component key (``name:transformer``).
+    component: str = PREDICTOR
     _weights: list[int] = field(default_factory=list, repr=False)
     _shadow_credit: int = field(default=0, repr=False)
 
@@ -191,8 +206,17 @@ class RouteTable:
         if not isinstance(protocol, str):
             raise RouteTableError(f"{where}: 'protocol' must be a string, got {protocol!r}")
         queue, held_s = _activator(raw.get("activator"), where)
+        component = raw.get("component", PREDICTOR)
+        if component not in COMPONENTS or component != split_key(isvc)[1]:
+            raise RouteTableError(f"{where}: 'component' is {component!r} but the table is stored under "
+                                  f"{isvc!r}")
         return cls(namespace, isvc, protocol, backends, shadow, version, float(timeout), queue, held_s,
-                   _logger(raw.get("logger"), where), _weights=[0] * len(backends))
+                   _logger(raw.get("logger"), where), component, _weights=[0] * len(backends))
+
+    @property
+    def service(self) -> str:
+        """The InferenceService's name (``isvc`` is a component key for a transformer or explainer)."""
+        return split_key(self.isvc)[0]
 
     def carry_split(self, old: "RouteTable") -> None:
         """Keep the weighted round robin's place when only replicas changed (a revision scaled up or
@@ -283,7 +307,8 @@ class RouteTable:
     def summary(self) -> dict[str, Any]:
         """This table as the gateway's service list shows it."""
         return {
-            "name": self.isvc,
+            "name": self.service,
+            "component": self.component,
             "namespace": self.namespace,
             "version": self.version,
             "revisions": [{"revision": b.revision, "percent": b.percent, "tags": list(b.tags),
@@ -426,31 +451,51 @@ class Router:
     def lookup(self, namespace: str, isvc: str) -> RouteTable | None:
         return self.tables.get((namespace, isvc))
 
-    def find(self, name: str, namespace: str | None = None) -> RouteTable:
-        """The table of the service a model name means: in ``namespace`` if given and it is there,
-        else in the default namespace. NotFound says what is served instead."""
+    def find(self, name: str, namespace: str | None = None, explain: bool = False) -> RouteTable:
+        """The table a request to the service a model name means goes to (see :meth:`entry`): in
+        ``namespace`` if given and it is there, else in the default namespace. NotFound says what is
+        served instead."""
         table = self.tables.get((namespace, name)) if namespace else None
         if table is None:
             table = self.tables.get((DEFAULT_NAMESPACE, name))
-        if table is None:
+        if table is None or SEPARATOR in name:
             where = namespace if namespace and self.has_namespace(namespace) else DEFAULT_NAMESPACE
-            served = sorted(isvc for ns, isvc in self.tables if ns == where)
+            served = sorted(isvc for ns, isvc in self.tables if ns == where and SEPARATOR not in isvc)
             raise NotFound(f"model '{name}' is not served; namespace '{where}' serves "
                            f"{', '.join(served) or 'nothing'} (GET /v2/models lists them)")
+        return self.entry(table, explain)
+
+    def entry(self, table: RouteTable, explain: bool = False) -> RouteTable:
+        """Where a request to a service goes: its transformer when it has one (KServe's ingress sends
+        the service's host there), and an explanation to its explainer first. A table of a transformer
+        or explainer (addressed by its own host) is its own entry."""
+        if table.component != PREDICTOR:
+            return table
+        for component in (EXPLAINER, TRANSFORMER) if explain else (TRANSFORMER,):
+            found = self.tables.get((table.namespace, component_key(table.isvc, component)))
+            if found is not None:
+                return found
         return table
 
     def has_namespace(self, namespace: str) -> bool:
         return any(ns == namespace for ns, _ in self.tables)
 
-    def by_host(self, host: str | None) -> tuple[RouteTable, str | None] | None:
-        """The table (and tag) a ``Host: [latest-|prev-]{isvc}.{namespace}.{domain}`` names, if any."""
+    def by_host(self, host: str | None, explain: bool = False) -> tuple[RouteTable, str | None] | None:
+        """The table (and tag) a ``Host: [latest-|prev-]{isvc}.{namespace}.{domain}`` names, if any; the
+        service's host goes to its entry (:meth:`entry`), ``{isvc}-predictor.{namespace}...`` (and
+        ``-transformer``, ``-explainer``) to that component."""
         parsed = parse_host(host)
         if parsed is None:
             return None
         label, namespace = parsed
         table = self.tables.get((namespace, label))
         if table is not None:
-            return table, None
+            return self.entry(table, explain), None
+        for component in COMPONENTS:
+            if label.endswith(f"-{component}"):
+                table = self.tables.get((namespace, component_key(label[:-len(component) - 1], component)))
+                if table is not None:
+                    return table, None
         for tag in HOST_TAGS:
             if label.startswith(tag + "-"):
                 table = self.tables.get((namespace, label[len(tag) + 1:]))

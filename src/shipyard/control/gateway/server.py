@@ -30,7 +30,7 @@ from shipyard.control.gateway.observe import Observer, RevisionStats
 from shipyard.control.gateway.rest import PayloadTap, RestProxy, new_client
 from shipyard.control.gateway.routing import Key, RouteTable, Router
 from shipyard.control.gateway.shadow import Mirror
-from shipyard.monitor.logger import PayloadLoggers
+from shipyard.monitor.logger import GatewayRoute, PayloadLoggers
 from shipyard.server.http import HttpServer
 
 log = logging.getLogger("shipyard.gateway")
@@ -63,6 +63,9 @@ class Gateway:
         #: Payload loggers of the services whose table has a ``logger``.
         self.loggers = PayloadLoggers(spool_dir, **(logger_options or {}))
         self.tap = PayloadTap(self.loggers)
+        # a logger URL naming a service by host (drift.default.example.com) is delivered through the gateway
+        self.loggers.route = GatewayRoute(lambda: self.http_url if self._http is not None and self.http_port else None,
+                                          lambda host: self.router.by_host(host) is not None)
         #: Callables adding Prometheus lines to ``GET /metrics`` (the controller's replica counts).
         self.metrics_sources: list[Callable[[], list[str]]] = []
         self.mirror: Mirror | None = None

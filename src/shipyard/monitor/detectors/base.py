@@ -25,6 +25,14 @@ A detector is a class with:
 ``metrics() -> list[Score]``
     The latest window scores (what ``/metrics`` shows). ``Detector.metrics`` returns those passed
     through ``self._record``.
+``evaluate(batch, predictions=None, labels=None) -> dict[str, numpy.ndarray]`` (optional)
+    Score rows on their own, without touching the window: what ``POST /v2/models/NAME/infer`` answers
+    (the keys are the output tensors' names). ``outputs`` (class attribute) lists ``(name, datatype,
+    shape)`` for the model's metadata. The default raises ``EvaluateUnsupported`` (answered with 400).
+``state() -> dict`` / ``restore(state)`` (optional)
+    What survives a restart (the window, counts, feedback), as plain JSON values; ``restore`` is called
+    after ``fit`` with what ``state`` returned in an earlier run on the same reference and options.
+    ``Detector``'s versions keep the latest window scores; subclasses add their own and call them.
 
 A ``Score`` is one number: ``metric`` (the ``statistic`` label: ``p_value``, ``outlier_rate``, ...),
 ``value``, ``labels`` (``feature``, and ``group`` for per-group scores), ``alert`` (True when it is over
@@ -58,6 +66,10 @@ class BadBatch(ValueError):
 
 class FeedbackUnsupported(ValueError):
     """This detector takes no labels."""
+
+
+class EvaluateUnsupported(ValueError):
+    """This detector only scores traffic it receives as events (it has no ``evaluate``)."""
 
 
 @dataclass(frozen=True)
@@ -110,6 +122,8 @@ def as_frame(data: Any, columns: Sequence[str] | None = None) -> pd.DataFrame:
 class Detector(ABC):
     name: ClassVar[str] = "detector"
     needs_predictions: ClassVar[bool] = False
+    #: The output tensors of ``evaluate``: (name, V2 datatype, shape with -1 for a variable dimension).
+    outputs: ClassVar[tuple[tuple[str, str, tuple[int, ...]], ...]] = ()
 
     def __init__(self) -> None:
         self.columns: list[str] = []
@@ -155,11 +169,56 @@ class Detector(ABC):
     def metrics(self) -> list[Score]:
         return list(self._latest.values())
 
+    def evaluate(self, batch: pd.DataFrame, predictions: Sequence[Any] | None = None,
+                 labels: Sequence[Any] | None = None) -> dict[str, np.ndarray]:
+        raise EvaluateUnsupported(f"the {self.name} detector does not score requests on their own; send it "
+                                  "traffic as CloudEvents")
+
+    def state(self) -> dict[str, Any]:
+        return {"latest": [score_state(s) for s in self._latest.values()]}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self._latest = {}
+        for item in state.get("latest", []):
+            score = score_from_state(item)
+            self._latest[score.key] = score
+
     def _record(self, scores: list[Score]) -> list[Score]:
         for score in scores:
             if not score.instance:
                 self._latest[score.key] = score
         return scores
+
+
+def score_state(score: Score) -> dict[str, Any]:
+    """A Score as plain JSON values (``score_from_state`` reads it back)."""
+    return {"metric": score.metric, "value": _plain(float(score.value)), "labels": dict(score.labels),
+            "alert": bool(score.alert), "threshold": _plain(score.threshold), "instance": bool(score.instance),
+            "details": {k: _plain(v) for k, v in score.details.items()}}
+
+
+def score_from_state(item: Mapping[str, Any]) -> Score:
+    value = item.get("value")
+    return Score(str(item["metric"]), float("nan") if value is None else float(value),
+                 {str(k): str(v) for k, v in (item.get("labels") or {}).items()}, bool(item.get("alert")),
+                 item.get("threshold"), bool(item.get("instance")), dict(item.get("details") or {}))
+
+
+def frame_state(frame: pd.DataFrame) -> dict[str, Any]:
+    """Rows as plain JSON values (column names and a list of rows); ``frame_from_state`` reads it back."""
+    rows = [[_plain(v) if not _missing(v) else None for v in row] for row in frame.itertuples(index=False)]
+    return {"columns": [str(c) for c in frame.columns], "rows": rows}
+
+
+def frame_from_state(item: Mapping[str, Any]) -> pd.DataFrame:
+    return pd.DataFrame(item.get("rows") or [], columns=list(item.get("columns") or []))
+
+
+def _missing(value: Any) -> bool:
+    try:
+        return bool(pd.isna(value))
+    except (TypeError, ValueError):
+        return False
 
 
 def is_numeric(dtype: Any) -> bool:

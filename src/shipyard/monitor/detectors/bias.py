@@ -14,12 +14,19 @@ over groups with at least ``min_rows`` rows (alert above ``threshold``, default 
 ``true_positive_rate`` per group (rows labelled positive whose prediction is positive) and
 ``equal_opportunity_difference`` = max - min over groups with at least ``min_rows`` positive labels
 (alert above ``threshold``). A difference needs two such groups.
+
+``evaluate(batch, predictions, labels=None)`` computes the same on the batch alone (every group with a
+row counts; the window is left as it is): ``group``, ``rows``, ``positive_rate`` and
+``true_positive_rate`` (NaN without positive labels) per group, ``demographic_parity_difference``,
+``equal_opportunity_difference`` (NaN when fewer than two groups qualify) and ``is_biased`` [1].
+State kept across a restart: the window's rows with their groups, predictions and labels (so feedback
+for an event logged before the restart still counts).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,6 +37,9 @@ from shipyard.monitor.detectors.base import Detector, Score
 class BiasDetector(Detector):
     name = "bias"
     needs_predictions = True
+    outputs = (("group", "BYTES", (-1,)), ("rows", "INT64", (-1,)), ("positive_rate", "FP64", (-1,)),
+               ("true_positive_rate", "FP64", (-1,)), ("demographic_parity_difference", "FP64", (1,)),
+               ("equal_opportunity_difference", "FP64", (1,)), ("is_biased", "BOOL", (1,)))
 
     def __init__(self, protected: str | None = None, threshold: float = 0.1, window: int = 1000,
                  min_rows: int | None = None, positive_label: Any = 1) -> None:
@@ -96,25 +106,26 @@ class BiasDetector(Detector):
             self._rows[(event_id, index)][2] = self.positive(value)
         return self._record(self._scores())
 
-    def _scores(self) -> list[Score]:
+    def _scores(self, rows: Sequence[list[Any]] | None = None, min_rows: int | None = None) -> list[Score]:
         feature = {"feature": self.protected}
+        min_rows = self.min_rows if min_rows is None else min_rows
         by_group: dict[str, list[list[Any]]] = {}
-        for row in self._rows.values():
+        for row in (self._rows.values() if rows is None else rows):
             by_group.setdefault(row[0], []).append(row)
         scores: list[Score] = []
         rates: dict[str, float] = {}
         tprs: dict[str, float] = {}
-        for group, rows in sorted(by_group.items()):
+        for group, members in sorted(by_group.items()):
             labels = {**feature, "group": group}
-            rate = sum(r[1] for r in rows) / len(rows)
-            scores += [Score("rows", float(len(rows)), labels), Score("positive_rate", rate, labels)]
-            if len(rows) >= self.min_rows:
+            rate = sum(r[1] for r in members) / len(members)
+            scores += [Score("rows", float(len(members)), labels), Score("positive_rate", rate, labels)]
+            if len(members) >= min_rows:
                 rates[group] = rate
-            positives = [r for r in rows if r[2] is True]
+            positives = [r for r in members if r[2] is True]
             if positives:
                 tpr = sum(r[1] for r in positives) / len(positives)
                 scores.append(Score("true_positive_rate", tpr, labels))
-                if len(positives) >= self.min_rows:
+                if len(positives) >= min_rows:
                     tprs[group] = tpr
         for metric, values in (("demographic_parity_difference", rates), ("equal_opportunity_difference", tprs)):
             if len(values) >= 2:
@@ -123,6 +134,48 @@ class BiasDetector(Detector):
                                     threshold=self.threshold,
                                     details={"groups": {g: round(v, 6) for g, v in values.items()}}))
         return scores
+
+
+    def evaluate(self, batch: pd.DataFrame, predictions: Sequence[Any] | None = None,
+                 labels: Sequence[Any] | None = None) -> dict[str, np.ndarray]:
+        if predictions is None:
+            raise ValueError("the bias detector needs the predictions: send them as an input named 'prediction'")
+        if len(predictions) != len(batch):
+            raise ValueError(f"{len(batch)} rows but {len(predictions)} predictions")
+        if labels is not None and len(labels) != len(batch):
+            raise ValueError(f"{len(batch)} rows but {len(labels)} labels")
+        rows = [[_group(group), self.positive(prediction), None if labels is None else self.positive(labels[i])]
+                for i, (group, prediction) in enumerate(zip(batch[self.protected], predictions))]
+        scores = self._scores(rows, min_rows=1)
+        groups = sorted({row[0] for row in rows})
+        by = {(s.metric, s.labels.get("group")): s.value for s in scores}
+        nan = float("nan")
+        parity = by.get(("demographic_parity_difference", None), nan)
+        opportunity = by.get(("equal_opportunity_difference", None), nan)
+        return {
+            "group": np.array(groups, dtype=object),
+            "rows": np.array([int(by[("rows", g)]) for g in groups], dtype=np.int64),
+            "positive_rate": np.array([by[("positive_rate", g)] for g in groups], dtype=np.float64),
+            "true_positive_rate": np.array([by.get(("true_positive_rate", g), nan) for g in groups], dtype=np.float64),
+            "demographic_parity_difference": np.array([parity]),
+            "equal_opportunity_difference": np.array([opportunity]),
+            "is_biased": np.array([bool(parity > self.threshold or opportunity > self.threshold)]),
+        }
+
+    def state(self) -> dict[str, Any]:
+        rows = [[event_id, index, *row] for (event_id, index), row in self._rows.items()]
+        return {**super().state(), "rows": rows, "anonymous": self._anonymous, "rows_seen": self.rows_seen}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        super().restore(state)
+        self._rows = OrderedDict()
+        for event_id, index, group, predicted, labelled in state.get("rows", []):
+            self._rows[(str(event_id), int(index))] = [str(group), bool(predicted),
+                                                       None if labelled is None else bool(labelled)]
+        while len(self._rows) > self.window:
+            self._rows.popitem(last=False)
+        self._anonymous = int(state.get("anonymous", 0))
+        self.rows_seen = int(state.get("rows_seen", len(self._rows)))
 
 
 def _group(value: Any) -> str:

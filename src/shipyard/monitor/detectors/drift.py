@@ -11,18 +11,23 @@ Benjamini-Hochberg adjusted p-values), and the window has drifted when any corre
 Scores (label ``feature``): ``ks_statistic`` or ``chi2_statistic``, ``p_value``, ``p_value_corrected``,
 ``drift`` (0/1) per feature; ``drift`` (alert when 1, threshold ``alpha``, details: the drifted features)
 and ``min_p_value_corrected`` for ``feature="_all"``.
+
+``evaluate(batch)`` tests the batch alone against the reference (the window is left as it is) and
+returns ``is_drift`` [1], and per tested feature ``feature``, ``statistic`` (KS or chi-squared),
+``p_value``, ``p_value_corrected`` and ``drift``, plus ``threshold`` [1] (``alpha``). State kept across
+a restart: the window's rows and the count of rows seen.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 from scipy import stats
 
-from shipyard.monitor.detectors.base import Detector, Score
+from shipyard.monitor.detectors.base import Detector, Score, frame_from_state, frame_state
 
 ALL = "_all"
 CORRECTIONS = ("bonferroni", "bh")
@@ -57,6 +62,9 @@ def correct(p_values: Sequence[float], method: str) -> np.ndarray:
 
 class DriftDetector(Detector):
     name = "drift"
+    outputs = (("is_drift", "BOOL", (1,)), ("feature", "BYTES", (-1,)), ("statistic", "FP64", (-1,)),
+               ("p_value", "FP64", (-1,)), ("p_value_corrected", "FP64", (-1,)), ("drift", "BOOL", (-1,)),
+               ("threshold", "FP64", (1,)))
 
     def __init__(self, window: int = 200, min_rows: int | None = None, alpha: float = 0.05,
                  correction: str = "bonferroni", categorical: Sequence[str] | None = None) -> None:
@@ -145,3 +153,37 @@ class DriftDetector(Detector):
                             threshold=self.alpha,
                             details={"features": drifted, "correction": self.correction, "rows": len(window)}))
         return scores
+
+    def evaluate(self, batch: pd.DataFrame, predictions: Sequence[Any] | None = None,
+                 labels: Sequence[Any] | None = None) -> dict[str, np.ndarray]:
+        scores = self.test(batch) if len(batch) else []
+        per_feature: dict[str, dict[str, float]] = {}
+        for score in scores:
+            feature = score.labels.get("feature", ALL)
+            if feature != ALL:
+                key = "statistic" if score.metric.endswith("_statistic") else score.metric
+                per_feature.setdefault(feature, {})[key] = score.value
+        features = list(per_feature)
+        column = lambda key: np.array([per_feature[f][key] for f in features], dtype=np.float64)  # noqa: E731
+        return {
+            "is_drift": np.array([any(per_feature[f]["drift"] for f in features)]),
+            "feature": np.array(features, dtype=object),
+            "statistic": column("statistic"),
+            "p_value": column("p_value"),
+            "p_value_corrected": column("p_value_corrected"),
+            "drift": column("drift").astype(bool),
+            "threshold": np.array([self.alpha], dtype=np.float64),
+        }
+
+    def state(self) -> dict[str, Any]:
+        rows = self._window() if self._rows else self.reference.iloc[:0]
+        return {**super().state(), "window": frame_state(rows), "rows_seen": self.rows_seen}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        super().restore(state)
+        window = frame_from_state(state.get("window") or {})
+        self._rows = deque([self.prepare(window)]) if len(window) else deque()
+        self._count = len(window)
+        if self._rows:
+            self._window()  # a smaller window than the saved one keeps the newest rows
+        self.rows_seen = int(state.get("rows_seen", self._count))

@@ -11,12 +11,17 @@ Scores: per row ``outlier_score`` (``instance``: returned to the caller, not exp
 row is an outlier, ``threshold`` the score threshold); and once the window of the last ``window`` rows
 holds ``min_rows``, ``outlier_rate`` (alert when above ``threshold``, default 0.05) and
 ``score_threshold`` with ``feature="_all"``.
+
+``evaluate(batch)`` scores rows without adding them to the window: ``is_outlier`` and ``outlier_score``
+per row, ``outlier_rate`` [1] of the batch and ``threshold`` [1] (the score threshold). State kept
+across a restart: the window's outlier flags and the count of rows seen (the model is fitted again on
+the same reference, deterministically with ``seed``).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -29,6 +34,8 @@ METHODS = ("isolation_forest", "mahalanobis")
 
 class OutlierDetector(Detector):
     name = "outlier"
+    outputs = (("is_outlier", "BOOL", (-1,)), ("outlier_score", "FP64", (-1,)), ("outlier_rate", "FP64", (1,)),
+               ("threshold", "FP64", (1,)))
 
     def __init__(self, method: str = "isolation_forest", window: int = 200, min_rows: int | None = None,
                  threshold: float = 0.05, score_threshold: float | None = None, percentile: float = 99.0,
@@ -89,3 +96,21 @@ class OutlierDetector(Detector):
                              threshold=self.threshold, details={"rows": len(self._flags), "method": self.method}))
             out.append(Score("score_threshold", float(self.score_threshold), {"feature": ALL}))
         return self._record(out)
+
+    def evaluate(self, batch: pd.DataFrame, predictions: Sequence[Any] | None = None,
+                 labels: Sequence[Any] | None = None) -> dict[str, np.ndarray]:
+        x = batch[self.features].astype(float).fillna(self._fill).to_numpy()
+        scores = self.score(x) if len(x) else np.zeros(0)
+        flags = scores > self.score_threshold
+        return {"is_outlier": flags, "outlier_score": scores.astype(np.float64),
+                "outlier_rate": np.array([flags.mean() if len(flags) else 0.0]),
+                "threshold": np.array([self.score_threshold], dtype=np.float64)}
+
+    def state(self) -> dict[str, Any]:
+        return {**super().state(), "flags": [bool(f) for f in self._flags], "rows_seen": self.rows_seen}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        super().restore(state)
+        self._flags.clear()
+        self._flags.extend(bool(f) for f in state.get("flags", []))
+        self.rows_seen = int(state.get("rows_seen", len(self._flags)))
