@@ -14,7 +14,7 @@ import msgspec
 import numpy as np
 
 from shipyard.protocol.datatypes import DATATYPE_TO_DTYPE, datatype_of
-from shipyard.protocol.v2 import json_data
+from shipyard.protocol.v2 import request_json
 
 
 class InferenceServerError(Exception):
@@ -105,19 +105,7 @@ class InferenceClient:
         request_id: str | None = None,
     ) -> dict[str, np.ndarray]:
         """V2 inference: named arrays in, named arrays out."""
-        body: dict[str, Any] = {"inputs": []}
-        for name, value in inputs.items():
-            array = np.asarray(value)
-            if array.dtype.kind in "US":
-                array = array.astype(object)
-            datatype, data = json_data(name, array)
-            body["inputs"].append({"name": name, "datatype": datatype, "shape": list(array.shape), "data": data})
-        if outputs:
-            body["outputs"] = [{"name": name} for name in outputs]
-        if parameters:
-            body["parameters"] = parameters
-        if request_id is not None:
-            body["id"] = request_id
+        body = request_json(inputs, outputs, parameters, request_id)
         answer = self.request("POST", f"{self._model_path(model, version)}/infer", msgspec.json.encode(body))
         return {output["name"]: _array_from_output(output) for output in answer["outputs"]}
 

@@ -101,7 +101,7 @@ def test_an_invalid_document_means_nothing_is_applied(plane, http, model):
         "error": "1 of 3 documents cannot be applied; nothing was applied",
         "errors": [{"document": 2, "path": "spec.predictor.model.modelFormat.name",
                     "message": "'tensorflow' is not supported; Shipyard serves sklearn, xgboost, lightgbm, onnx, "
-                               "pytorch, huggingface, custom"},
+                               "pytorch, huggingface, custom, detector"},
                    {"document": 2, "path": "spec.predictor.minReplicas",
                     "message": "-1 is less than the minimum of 0"}]}
     assert plane.store.get(KIND, "default", "first") is None

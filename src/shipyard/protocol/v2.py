@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 import uuid
 import warnings
-from typing import Any
+from typing import Any, Mapping
 
 import msgspec
 import numpy as np
@@ -287,6 +287,25 @@ def json_data(name: str, array: np.ndarray) -> tuple[str, list[Any]]:
     if datatype == "BYTES":
         return datatype, [_to_text(name, item) for item in array.ravel()]
     return datatype, array.ravel().tolist()
+
+
+def request_json(inputs: Mapping[str, Any], outputs: list[str] | None = None,
+                 parameters: Mapping[str, Any] | None = None, request_id: str | None = None) -> dict[str, Any]:
+    """A V2 infer request body (as a JSON-ready dict) for named arrays (anything ``numpy.asarray`` takes)."""
+    body: dict[str, Any] = {"inputs": []}
+    for name, value in inputs.items():
+        array = np.asarray(value)
+        if array.dtype.kind in "US":
+            array = array.astype(object)
+        datatype, data = json_data(name, array)
+        body["inputs"].append({"name": name, "datatype": datatype, "shape": list(array.shape), "data": data})
+    if outputs:
+        body["outputs"] = [{"name": name} for name in outputs]
+    if parameters:
+        body["parameters"] = dict(parameters)
+    if request_id is not None:
+        body["id"] = request_id
+    return body
 
 
 def json_output(name: str, array: np.ndarray) -> ResponseOutput:

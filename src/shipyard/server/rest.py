@@ -16,6 +16,7 @@ import msgspec
 from shipyard import logformat, tracing
 from shipyard.protocol.errors import InferenceError, InvalidInput, MethodNotAllowed, NotFound, Overloaded
 from shipyard.protocol.http_codec import HEADER_LENGTH, decode_rest_request, encode_rest_response
+from shipyard.protocol.infer import InferRequest
 from shipyard.protocol.v2 import encode
 from shipyard.runtimes.base import Model
 from shipyard.server import compression
@@ -215,14 +216,7 @@ class RestApp:
         return json_response(self.dataplane.model_ready(name, version))
 
     async def infer(self, request: Request, name: str, version: str | None) -> Response:
-        header_length = _header_length(request.headers.get(HEADER_LENGTH))
-        body = request.body
-
-        def decode(model: Model):  # type: ignore[no-untyped-def]
-            return with_passed_headers(model, decode_rest_request(body, header_length, model.signature_inputs),
-                                       request.headers)
-
-        answer, json_length = await self.dataplane.infer(name, version, decode, encode_rest_response)
+        answer, json_length = await self.dataplane.infer(name, version, _v2_decoder(request), encode_rest_response)
         if json_length is None:
             return Response(200, answer)
         return Response(200, answer, "application/octet-stream", [(HEADER_LENGTH, str(json_length))])
@@ -260,20 +254,24 @@ class RestApp:
 
     async def explain(self, request: Request, name: str, version: str | None) -> Response:
         """V2 explain: the body of an infer request; the answer is JSON (docs/monitoring.md, Explainers)."""
-        header_length = _header_length(request.headers.get(HEADER_LENGTH))
-        body = request.body
-
-        def decode(model: Model):  # type: ignore[no-untyped-def]
-            return with_passed_headers(model, decode_rest_request(body, header_length, model.signature_inputs),
-                                       request.headers)
-
-        return Response(200, await self.dataplane.explain(name, version, decode))
+        return Response(200, await self.dataplane.explain(name, version, _v2_decoder(request)))
 
     async def explain_v1(self, request: Request, name: str) -> Response:
         return Response(200, await self.dataplane.explain_v1(name, request.body, request.headers))
 
     async def v1_model(self, request: Request, name: str) -> Response:
         return json_response(self.dataplane.v1_model(name))
+
+
+def _v2_decoder(request: Request) -> Callable[[Model], InferRequest]:
+    """Decodes a V2 REST body (JSON, or JSON + binary tensors) for a model; its passed headers added."""
+    header_length = _header_length(request.headers.get(HEADER_LENGTH))
+
+    def decode(model: Model) -> InferRequest:
+        return with_passed_headers(model, decode_rest_request(request.body, header_length, model.signature_inputs),
+                                   request.headers)
+
+    return decode
 
 
 def _header_length(value: str | None) -> int | None:

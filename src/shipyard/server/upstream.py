@@ -26,7 +26,7 @@ from shipyard.protocol.binary import tensor_to_bytes
 from shipyard.protocol.errors import InferenceError, InvalidInput
 from shipyard.protocol.grpc_codec import decode_tensors, set_parameters
 from shipyard.protocol.infer import InferRequest
-from shipyard.protocol.v2 import json_data, tensor_from_json
+from shipyard.protocol.v2 import request_json, tensor_from_json
 from shipyard.runtimes.base import HEADERS_PARAMETER, Model
 
 PROTOCOLS = ("v1", "v2", "grpc-v2")
@@ -141,15 +141,7 @@ class Upstream:
         """(path, body) of an inference request over REST (gRPC's explanations go this way too)."""
         if self.protocol == "v1":
             return f"/v1/models/{self.model_name}:predict", msgspec.json.encode({"instances": _instances(inputs)})
-        body: dict[str, Any] = {"inputs": []}
-        for name, value in inputs.items():
-            array = np.asarray(value)
-            if array.dtype.kind in "US":
-                array = array.astype(object)
-            datatype, data = json_data(name, array)
-            body["inputs"].append({"name": name, "datatype": datatype, "shape": list(array.shape), "data": data})
-        if parameters:
-            body["parameters"] = dict(parameters)
+        body = request_json(inputs, parameters=parameters)
         return f"/v2/models/{self.model_name}/infer", msgspec.json.encode(body)
 
     def _rest_outputs(self, answer: httpx.Response) -> dict[str, np.ndarray]:

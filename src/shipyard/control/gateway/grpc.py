@@ -10,7 +10,8 @@ activator refuses it). ModelInfer calls of a service with a ``logger`` are paylo
 requests (rest.PayloadTap): the body is the serialized protobuf, content type
 ``application/grpc+proto``; a failed call's response event has the status message as its text
 body and ``ce-statuscode`` the gRPC code's number. ModelStreamInfer, statistics and the repository API are
-per replica and answer UNIMPLEMENTED with a message saying what to use instead.
+per replica and answer UNIMPLEMENTED with a message saying what to use instead. ModelInfer and
+ModelReady for a name no service has may be an InferenceGraph's (graphs.py runs it as V2).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import grpc
 
@@ -32,6 +33,9 @@ from shipyard.monitor.cloudevents import GRPC_CONTENT_TYPE
 from shipyard.protocol.errors import InferenceError, NotFound, NotReady
 from shipyard.protocol.proto import inference_pb2 as pb
 from shipyard.server.grpc_service import STATUS_CODES, observed_handler
+
+if TYPE_CHECKING:
+    from shipyard.control.gateway.graphs import GraphTable
 
 log = logging.getLogger("shipyard.gateway")
 
@@ -64,8 +68,10 @@ class GrpcProxy:
     """Routes and forwards V2 gRPC calls; one channel per replica address, shared by all calls."""
 
     def __init__(self, router: Router, observer: Observer, mirror: Mirror, activator: Activator | None = None,
-                 tap: PayloadTap | None = None) -> None:
+                 tap: PayloadTap | None = None, graphs: GraphTable | None = None) -> None:
         self.router = router
+        #: Inference graphs (graphs.py): ModelInfer for a name no service has runs the graph as V2.
+        self.graphs = graphs
         self.tap = tap or PayloadTap()
         self.observer = observer
         self.mirror = mirror
@@ -153,7 +159,10 @@ class GrpcProxy:
         try:
             table, wanted, backend = self._route(name, context)
         except InferenceError:  # unknown, or no ready replica: not ready, as a server answers
-            return pb.ModelReadyResponse(ready=False).SerializeToString()
+            graph = self._graph(name, context)  # a graph is ready when every service it calls is routed
+            ready = graph is not None and all(self.router.lookup(graph.namespace, service) is not None
+                                              for service in graph.services())
+            return pb.ModelReadyResponse(ready=ready).SerializeToString()
         return await self._forward("ModelReady", body, table, wanted, backend, context)
 
     async def model_metadata(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
@@ -163,8 +172,22 @@ class GrpcProxy:
 
     async def model_infer(self, body: bytes, context: grpc.aio.ServicerContext) -> bytes:
         name = pb.ModelInferRequest.FromString(body).model_name
-        table, wanted, backend = await self._route_or_abort(name, context)
+        try:
+            table, wanted, backend = self._route(name, context)
+        except NotFound as exc:  # no service of that name: a graph's, if any
+            graph = self._graph(name, context)
+            if graph is None:
+                await context.abort(STATUS_CODES[exc.status], exc.message)
+            return await self.graphs.grpc_infer(graph, body, context)  # type: ignore[union-attr]
+        except NotReady as exc:
+            await context.abort(STATUS_CODES[exc.status], exc.message)
         return await self._forward("ModelInfer", body, table, wanted, backend, context, mirror=True)
+
+    def _graph(self, name: str, context: grpc.aio.ServicerContext) -> Any:
+        if self.graphs is None or not self.graphs.graphs:
+            return None
+        metadata = dict(context.invocation_metadata() or ())
+        return self.graphs.find(name, metadata.get(NAMESPACE_METADATA))
 
     def _route(self, name: str, context: grpc.aio.ServicerContext) -> tuple[RouteTable, str | None, Backend]:
         metadata = dict(context.invocation_metadata() or ())
@@ -204,7 +227,7 @@ class GrpcProxy:
         timeout = min(table.timeout_s, remaining) if remaining is not None and math.isfinite(remaining) \
             else table.timeout_s
         if tracing.ACTIVE:  # the replica's span is a child of the gateway's
-            tracing.annotate({"shipyard.service": f"{table.namespace}/{table.isvc}",
+            tracing.annotate({"shipyard.service": f"{table.namespace}/{table.service}",
                               "shipyard.revision": backend.revision})
             carrier: dict[str, str] = {}
             tracing.inject_into(carrier)
