@@ -71,14 +71,15 @@ def test_apply_prints_like_kubectl(plane, project):
     stored = plane.store.get(KIND, "default", "sklearn-iris")
     assert stored.spec["predictor"]["model"]["storageUri"] == str(project / "model")
     assert run("apply", "-f", str(project / "sklearn-iris.yaml")).stdout.endswith(" unchanged\n")
-    text = (project / "sklearn-iris.yaml").read_text().replace("spec:\n", "spec:\n  transformer:\n    containers: "
-                                                              "[{name: t, image: me/transformer}]\n")
+    text = (project / "sklearn-iris.yaml").read_text().replace("spec:\n", "spec:\n  explainer:\n    nodeSelector: "
+                                                              "{gpu: 'yes'}\n    model: {modelFormat: {name: shap}, "
+                                                              f"storageUri: {project}}}\n")
     changed = run("apply", "-f", "-", "--dry-run", stdin=text.replace('"./model"', str(project / "model")))
     assert changed.exit_code == 0, changed.output
     assert changed.stdout == "inferenceservice.serving.kserve.io/sklearn-iris configured (dry run)\n"
-    assert changed.stderr == "Warning: spec.transformer: accepted but not honoured yet: transformers arrive with " \
-                             "issue 10\n"
-    assert "transformer" not in plane.store.get(KIND, "default", "sklearn-iris").spec
+    assert changed.stderr == "Warning: spec.explainer.nodeSelector: not honoured by the local engine (replicas are " \
+                             "processes on this machine)\n"
+    assert "explainer" not in plane.store.get(KIND, "default", "sklearn-iris").spec
 
 
 def test_invalid_files_apply_nothing_and_name_every_problem(plane, project):
