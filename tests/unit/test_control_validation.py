@@ -164,9 +164,9 @@ def test_vendored_schema_is_the_crd_schema():
     ({"apiVersion": None}, "apiVersion", "required; e.g. serving.kserve.io/v1beta1"),
     ({"apiVersion": "serving.kserve.io/v1alpha1"}, "apiVersion",
      "'serving.kserve.io/v1alpha1' is not served for InferenceService; use serving.kserve.io/v1beta1"),
-    ({"kind": None}, "kind", "required; expected one of: InferenceService, TrainJob, TrainingRuntime, "
-                             "ClusterTrainingRuntime, Dataset, CacheRuntime, DataLoad, DataMigrate, DataProcess, "
-                             "DataClean"),
+    ({"kind": None}, "kind", "required; expected one of: InferenceService, InferenceGraph, TrainJob, "
+                             "TrainingRuntime, ClusterTrainingRuntime, Dataset, CacheRuntime, DataLoad, DataMigrate, "
+                             "DataProcess, DataClean"),
     ({"kind": "isvc"}, "kind", "'isvc' is not a kind name; write 'InferenceService'"),
 ])
 def test_kind_and_api_version_errors(model_dir, change, path, message):
@@ -183,7 +183,8 @@ def test_unknown_kind_names_the_known_ones(model_dir):
     document = local(KSERVE_SKLEARN, model_dir)
     document["kind"] = "Deployment"
     assert errors_of(document) == {"kind": "unknown kind 'Deployment'; Shipyard knows: InferenceService "
-                                           "(inferenceservice/isvc), TrainJob (trainjob/tj), TrainingRuntime "
+                                           "(inferenceservice/isvc), InferenceGraph (inferencegraph/ig), "
+                                           "TrainJob (trainjob/tj), TrainingRuntime "
                                            "(trainingruntime), ClusterTrainingRuntime (clustertrainingruntime), "
                                            "Dataset (dataset), CacheRuntime (cacheruntime), DataLoad (dataload/load), "
                                            "DataMigrate (datamigrate/migrate), DataProcess (dataprocess), DataClean "

@@ -20,7 +20,8 @@ from shipyard.control.resources import DEFAULT_NAMESPACE, DocumentError, Unknown
 if TYPE_CHECKING:  # the client (httpx, jsonschema) loads when a command runs, not with every shipyard command
     from shipyard.control.client import ControlClient
 
-KIND_HELP = ("Resource kind: inferenceservice (isvc), trainjob (tj), trainingruntime, clustertrainingruntime, "
+KIND_HELP = ("Resource kind: inferenceservice (isvc), inferencegraph (ig), trainjob (tj), trainingruntime, "
+             "clustertrainingruntime, "
              "dataset, cacheruntime, dataload (load), datamigrate (migrate), dataprocess or dataclean "
              "(plural names work too).")
 DATA_OPERATION_KINDS = ("DataLoad", "DataMigrate", "DataProcess", "DataClean")
@@ -155,8 +156,68 @@ def get(
         typer.echo(cacheruntime_table(items, namespaces=all_namespaces))
     elif kind_name in DATA_OPERATION_KINDS:
         typer.echo(operation_table(items, wide=output == "wide", namespaces=all_namespaces))
+    elif kind_name == "InferenceGraph":
+        typer.echo(graph_table(items, namespaces=all_namespaces))
     else:
         typer.echo(isvc_table(items, wide=output == "wide", namespaces=all_namespaces))
+
+
+def graph_table(items: list[dict[str, Any]], namespaces: bool = False) -> str:
+    """``get inferencegraph``'s columns (KServe's printer columns): NAME URL READY AGE."""
+    headers = (["NAMESPACE"] if namespaces else []) + ["NAME", "URL", "READY", "AGE"]
+    rows = []
+    for item in items:
+        status = item.get("status") or {}
+        ready = next((c.get("status", "") for c in status.get("conditions") or [] if c.get("type") == "Ready"), "")
+        row = [item["metadata"]["name"], status.get("url", ""), ready, age(item["metadata"])]
+        rows.append(([item["metadata"]["namespace"]] if namespaces else []) + row)
+    return table(headers, rows)
+
+
+def describe_graph(described: dict[str, Any]) -> str:
+    """An InferenceGraph: URL, timeouts, each node's steps, the bandit arms, conditions and events."""
+    metadata, spec, status = described["metadata"], described.get("spec") or {}, described.get("status") or {}
+    name = metadata["name"]
+    lines = [*_header(described),
+             f"Generation:   {metadata.get('generation')} (observed: {status.get('observedGeneration', '-')})",
+             f"URL:          {status.get('url') or '<none>'}",
+             f"Endpoints:    POST /v1/models/{name}:predict, /v2/models/{name}/infer (gateway; gRPC ModelInfer "
+             f"'{name}'); feedback: POST /v2/models/{name}/feedback"]
+    client = (spec.get("routerTimeouts") or {}).get("serviceClient")
+    lines.append(f"Timeouts:     graph {_seconds(spec.get('timeout'))}, each step {_seconds(client)}")
+    lines.append("Nodes:")
+    rows = []
+    for node_name, node in (spec.get("nodes") or {}).items():
+        first = len(rows)
+        for index, step in enumerate(node.get("steps") or []):
+            target = (f"service {step['serviceName']}" if step.get("serviceName") else
+                      f"node {step['nodeName']}" if step.get("nodeName") else f"url {step.get('serviceUrl', '')}")
+            extra = [f"{key}={step[key]}" for key in ("weight", "condition", "retries") if key in step]
+            extra += [f"timeout={step['timeout']}s"] if "timeout" in step else []
+            extra += [f"inputMap={','.join(f'{k}->{v}' for k, v in step['inputMap'].items())}"] \
+                if isinstance(step.get("inputMap"), dict) and step["inputMap"] else []
+            rows.append([node_name if index == 0 else "", node.get("routerType", "") if index == 0 else "",
+                         str(step.get("name", index)), target, step.get("data", "$request"),
+                         step.get("dependency", "Soft"), " ".join(extra)])
+        if not node.get("steps"):
+            rows.append([node_name, node.get("routerType", ""), "<no steps>", "", "", "", ""])
+        if node.get("routerType") == "Bandit" and len(rows) > first:
+            policy = (node.get("bandit") or {}).get("policy", "thompson")
+            rows[first][-1] = f"policy={policy} {rows[first][-1]}".strip()
+    lines.append(_indented(table(["NODE", "ROUTER", "STEP", "TARGET", "DATA", "DEPENDENCY", "OPTIONS"], rows), 2))
+    bandits = (status.get("shipyard") or {}).get("bandits") or {}
+    if bandits:
+        lines.append("Bandit arms:")
+        lines.append(_indented(table(["NODE", "ARM", "PULLS", "MEAN REWARD", "REWARDS"], [
+            [node, arm, str(stats.get("pulls", 0)), _number(stats.get("meanReward")), str(stats.get("rewards", 0))]
+            for node, arms in bandits.items() for arm, stats in arms.items()]), 2))
+    lines.append(_conditions_text(status.get("conditions") or []))
+    lines.append(_events_text(described.get("events") or []))
+    return "\n".join(lines)
+
+
+def _seconds(value: Any) -> str:
+    return f"{value}s" if isinstance(value, (int, float)) and not isinstance(value, bool) else "none"
 
 
 def trainjob_table(items: list[dict[str, Any]], namespaces: bool = False) -> str:
@@ -300,6 +361,8 @@ def describe(
         typer.echo(describe_dataset(described))
     elif described["kind"] in DATA_OPERATION_KINDS:
         typer.echo(describe_operation(described))
+    elif described["kind"] == "InferenceGraph":
+        typer.echo(describe_graph(described))
     elif described["kind"] != "InferenceService":
         typer.echo(yaml.safe_dump({k: v for k, v in described.items() if k != "events"}, sort_keys=False).rstrip())
         typer.echo(_events_text(described.get("events") or []))
@@ -516,6 +579,8 @@ def delete(
         background = "its cache is removed once the operations running on it end"
     elif kind_info.kind in DATA_OPERATION_KINDS:
         background = "removed once its current run, if any, ends"
+    elif kind_info.kind == "InferenceGraph":
+        background = "the gateway stops serving it; its bandit state is removed"
     else:
         background = "processes stop in the background"
     typer.echo(f"{what} deleted" if wait else f"{what} deleting ({background})")

@@ -1,5 +1,5 @@
-"""``shipyard up``: the control plane process (API, gateway, the InferenceService, TrainJob, Dataset and
-data operation controllers, local engine).
+"""``shipyard up``: the control plane process (API, gateway, the InferenceService, InferenceGraph, TrainJob,
+Dataset and data operation controllers, local engine).
 
 Everything runs on one asyncio loop. State lives in ``$SHIPYARD_HOME/state.db``; other commands
 find a running plane through ``$SHIPYARD_HOME/plane.json`` (written atomically once everything
@@ -32,6 +32,7 @@ from shipyard.home import shipyard_home
 if TYPE_CHECKING:  # the plane's parts are imported when it starts, so reading plane.json stays cheap
     from shipyard.control.controllers.dataops import DataOpsController
     from shipyard.control.controllers.dataset import DatasetController
+    from shipyard.control.controllers.inferencegraph import InferenceGraphController
     from shipyard.control.controllers.inferenceservice import InferenceServiceController
     from shipyard.control.controllers.trainjob import TrainJobController
     from shipyard.control.engines.local import LocalEngine
@@ -118,11 +119,13 @@ class Plane:
         self.store: Store | None = None
         self.engine: LocalEngine | None = None
         self.controller: InferenceServiceController | None = None
+        self.graphs: InferenceGraphController | None = None
         self.trainjobs: TrainJobController | None = None
         self._train_task: asyncio.Task[None] | None = None
         self.datasets: DatasetController | None = None
         self.dataops: DataOpsController | None = None
         self._data_tasks: list[asyncio.Task[None]] = []
+        self._graph_task: asyncio.Task[None] | None = None
         self.gateway: Gateway | None = None
         self.api_server: HttpServer | None = None
 
@@ -132,6 +135,7 @@ class Plane:
         from shipyard.control.api import ControlApi
         from shipyard.control.controllers.dataops import DataOpsController
         from shipyard.control.controllers.dataset import DatasetController
+        from shipyard.control.controllers.inferencegraph import InferenceGraphController
         from shipyard.control.controllers.inferenceservice import InferenceServiceController
         from shipyard.control.controllers.rollout import rollout
         from shipyard.control.controllers.trainjob import TrainJobController
@@ -150,7 +154,11 @@ class Plane:
             self.store = store = Store(self.home / STATE_FILE)
             self.engine = LocalEngine(self.home, prefork=True)  # pre-imported runtimes: fast cold starts
             self.engine.warm()
-            self.gateway = gateway = Gateway(store.routes, options.host, options.http_port, options.grpc_port)
+            self.gateway = gateway = Gateway(
+                store.routes, options.host, options.http_port, options.grpc_port,
+                graph_source=lambda: store.list("InferenceGraph"),
+                graph_state_dir=self.home / "graphs",
+            )
             self.controller = controller = InferenceServiceController(
                 store, self.engine, self.home / "logs", in_flight=gateway.in_flight, references=gateway.references,
                 stats=gateway.stats, shadow_report=gateway.shadow_report, gateway_url=lambda: gateway.http_url,
@@ -162,6 +170,8 @@ class Plane:
             self.trainjobs = trainjobs = TrainJobController(store, self.home, inventory=ledger.job_inventory())
             ledger.jobs = lambda: [(active.needs, [device for node in (active.job.devices or []) for device in node])
                                    for active in trainjobs.active.values()]
+            self.graphs = graphs = InferenceGraphController(store, self.home, bandits=gateway.graphs.snapshot,
+                                                            forget=gateway.graphs.forget)
             self.dataops = dataops = DataOpsController(store, self.home)
             self.datasets = datasets = DatasetController(store, self.home, operations=dataops.holders,
                                                          busy=dataops.busy, release=dataops.release)
@@ -169,6 +179,7 @@ class Plane:
 
             def changed() -> None:
                 controller.wake.set()
+                graphs.wake.set()
                 trainjobs.wake.set()
                 datasets.wake.set()
                 dataops.wake.set()
@@ -189,6 +200,7 @@ class Plane:
         self._train_task = asyncio.ensure_future(trainjobs.run(self._stop))
         self._data_tasks = [asyncio.ensure_future(datasets.run(self._stop)),
                             asyncio.ensure_future(dataops.run(self._stop))]
+        self._graph_task = asyncio.ensure_future(graphs.run(self._stop))
         self.info = {
             "pid": os.getpid(),
             "version": __version__,
@@ -214,6 +226,8 @@ class Plane:
             await self._train_task
         for task in self._data_tasks:
             await task
+        if self._graph_task is not None:
+            await self._graph_task
         if self.trainjobs is not None:  # running jobs stop gracefully and stay queued for the next plane
             await self.trainjobs.shutdown()
         if self.dataops is not None:  # runs still going after a few seconds run again on the next plane

@@ -28,6 +28,9 @@ class Kind:
 INFERENCE_SERVICE = Kind(
     "InferenceService", "inferenceservices", ("inferenceservice", "isvc"), ("serving.kserve.io/v1beta1",)
 )
+INFERENCE_GRAPH = Kind(
+    "InferenceGraph", "inferencegraphs", ("inferencegraph", "ig"), ("serving.kserve.io/v1alpha1",)
+)
 TRAINER_API = "trainer.kubeflow.org/v1alpha1"
 TRAIN_JOB = Kind("TrainJob", "trainjobs", ("trainjob", "tj"), (TRAINER_API,))
 TRAINING_RUNTIME = Kind("TrainingRuntime", "trainingruntimes", ("trainingruntime",), (TRAINER_API,))
@@ -45,8 +48,8 @@ DATA_CLEAN = Kind("DataClean", "datacleans", ("dataclean",), (SHIPYARD_DATA_API,
 #: The data operations: each runs against a Dataset and reports Fluid's OperationStatus.
 DATA_OPERATIONS: tuple[Kind, ...] = (DATA_LOAD, DATA_MIGRATE, DATA_PROCESS, DATA_CLEAN)
 DATA_KINDS: tuple[Kind, ...] = (DATASET, CACHE_RUNTIME, *DATA_OPERATIONS)
-KINDS: dict[str, Kind] = {kind.kind: kind for kind in
-                          (INFERENCE_SERVICE, TRAIN_JOB, TRAINING_RUNTIME, CLUSTER_TRAINING_RUNTIME, *DATA_KINDS)}
+KINDS: dict[str, Kind] = {kind.kind: kind for kind in (INFERENCE_SERVICE, INFERENCE_GRAPH, TRAIN_JOB, TRAINING_RUNTIME,
+                                                        CLUSTER_TRAINING_RUNTIME, *DATA_KINDS)}
 
 
 class UnknownKind(ValueError):

@@ -25,13 +25,23 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from shipyard.control import data_validation, train_validation
+from shipyard.control import data_validation, graph_validation, train_validation
 from shipyard.control.autoscaler import config as autoscaling
-from shipyard.control.resources import DATA_KINDS, INFERENCE_SERVICE, KINDS, Kind, Resource, UnknownKind, kind_of
+from shipyard.control.resources import (
+    DATA_KINDS,
+    INFERENCE_GRAPH,
+    INFERENCE_SERVICE,
+    KINDS,
+    Kind,
+    Resource,
+    UnknownKind,
+    kind_of,
+)
 
 SCHEMA_DIR = Path(__file__).with_name("schemas")
 SCHEMA_FILES = {
     "InferenceService": "inferenceservice.v1beta1.json.gz",
+    "InferenceGraph": "inferencegraph.v1alpha1.json.gz",
     "TrainJob": "trainjob.v1alpha1.json.gz",
     "TrainingRuntime": "trainingruntime.v1alpha1.json.gz",
     "ClusterTrainingRuntime": "clustertrainingruntime.v1alpha1.json.gz",
@@ -139,6 +149,14 @@ def validate(document: Any) -> ValidatedResource:
         if errors:
             raise ValidationError(_unique(errors))
         warnings = [FieldError(path, message) for path, message in data_validation.warnings(kind.kind, document)]
+        return ValidatedResource(Resource.from_document(document), warnings)
+    if kind is INFERENCE_GRAPH:  # graph_validation.py: the graph's rules (shipyard.graph.spec) and warnings
+        flagged = {error.path for error in schema_errors}
+        errors += [FieldError(path, message) for path, message in graph_validation.errors(document)
+                   if path not in flagged and not any(path.startswith(f"{mark}.") for mark in flagged)]
+        if errors:
+            raise ValidationError(_unique(errors))
+        warnings = [FieldError(path, message) for path, message in graph_validation.warnings(document)]
         return ValidatedResource(Resource.from_document(document), warnings)
     if kind is not INFERENCE_SERVICE:  # the trainer kinds have their own rules
         flagged = {error.path for error in schema_errors}
@@ -279,12 +297,15 @@ def schema_of(kind: str) -> dict[str, Any]:
 def extended_schema(kind: str) -> dict[str, Any]:
     """The schema documents are checked against: the vendored one, where an InferenceService's
     transformer and explainer also take the predictor's ``model`` form (Shipyard's extension: KServe
-    runs them only from container images)."""
+    runs them only from container images), and an InferenceGraph takes Shipyard's router fields
+    (``graph_validation.extend_schema``: routerType Bandit, ``bandit``, ``inputMap``, ``timeout``, ``retries``)."""
     schema = copy.deepcopy(schema_of(kind))  # schema_of's answer is cached and shared
     if kind == "InferenceService":
         spec = schema["properties"]["spec"]["properties"]
         for component in COMPONENT_FORMATS:
             spec[component]["properties"]["model"] = spec["predictor"]["properties"]["model"]
+    elif kind == "InferenceGraph":
+        graph_validation.extend_schema(schema)
     return schema
 
 

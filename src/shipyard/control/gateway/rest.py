@@ -6,7 +6,9 @@ A request finds its InferenceService by ``Host: [latest-|prev-]{isvc}.{namespace
 ``default``). A tag or revision in ``x-shipyard-revision`` (or the host's ``latest-``/``prev-``)
 picks a revision; otherwise the weighted split does. Bodies and answers pass through byte for
 byte (binary tensors and compressed bodies included). A revision without a ready replica (scaled
-to zero) gets its requests held by the activator until one is ready (activator.py).
+to zero) gets its requests held by the activator until one is ready (activator.py). A name or
+host that no service has may be an InferenceGraph's (graphs.py runs it; a service of the same
+name wins).
 
 Payload logging: for a service whose table has a ``logger``, each V1 ``:predict`` / V2 ``/infer``
 request and its response are handed to the service's PayloadLogger (shipyard.monitor) as
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 from urllib.parse import unquote
 
 import httpx
@@ -38,6 +40,9 @@ from shipyard.monitor.logger import PayloadLoggers
 from shipyard.protocol.errors import InferenceError, NotFound
 from shipyard.protocol.v2 import encode
 from shipyard.server.rest import JSON, Request, Response, error_response, json_response
+
+if TYPE_CHECKING:
+    from shipyard.control.gateway.graphs import GraphTable
 
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -186,8 +191,11 @@ class RestProxy:
 
     def __init__(self, router: Router, observer: Observer, mirror: Mirror, client: httpx.AsyncClient,
                  shadow_client: httpx.AsyncClient, activator: Activator | None = None,
-                 metrics: Callable[[], list[str]] | None = None, tap: PayloadTap | None = None) -> None:
+                 metrics: Callable[[], list[str]] | None = None, tap: PayloadTap | None = None,
+                 graphs: GraphTable | None = None) -> None:
         self.router = router
+        #: Inference graphs (graphs.py), reached at their names when no service has that name.
+        self.graphs = graphs
         self.tap = tap or PayloadTap()
         self.observer = observer
         self.mirror = mirror
@@ -242,6 +250,10 @@ class RestProxy:
         if hit is not None:
             table, tag = hit
             return await self._proxy(request, table, request.headers.get(REVISION_HEADER) or tag)
+        if self.graphs is not None and self.graphs.graphs:  # a graph's host (a service's won above)
+            graph = self.graphs.by_host(host)
+            if graph is not None:
+                return await self.graphs.rest(request, graph, by_host=True)
         segments = [unquote(part) for part in request.path.strip("/").split("/")]
         namespace = self.router.namespace_of(host)
         match segments:
@@ -261,9 +273,21 @@ class RestProxy:
                 raise NotFound("the gateway keeps no statistics of all models; ask for one model's at "
                                "/v2/models/{name}/stats (answered by one of its replicas)")
             case ["v2", "models", name, *_]:
-                table = self.router.find(name, namespace, explain)
+                try:
+                    table = self.router.find(name, namespace, explain)
+                except NotFound:  # no service of that name: a graph's, if any
+                    graph = self.graphs.find(name, namespace) if self.graphs is not None else None
+                    if graph is None:
+                        raise
+                    return await self.graphs.rest(request, graph)  # type: ignore[union-attr]
             case ["v1", "models", target, *_]:
-                table = self.router.find(target.split(":", 1)[0], namespace, explain)
+                try:
+                    table = self.router.find(target.split(":", 1)[0], namespace, explain)
+                except NotFound:
+                    graph = self.graphs.find(target.split(":", 1)[0], namespace) if self.graphs is not None else None
+                    if graph is None:
+                        raise
+                    return await self.graphs.rest(request, graph)  # type: ignore[union-attr]
             case ["v2", "repository", *_]:
                 raise NotFound("the gateway has no model repository API; InferenceServices change with "
                                "`shipyard apply`")
@@ -300,7 +324,7 @@ class RestProxy:
         # without it httpx would ask for gzip; the client's own wish goes to the replica unchanged
         headers["accept-encoding"] = request.headers.get("accept-encoding", "identity")
         if tracing.ACTIVE:
-            tracing.annotate({"shipyard.service": f"{table.namespace}/{table.isvc}",
+            tracing.annotate({"shipyard.service": f"{table.namespace}/{table.service}",
                               "shipyard.revision": backend.revision})
             tracing.inject_into(headers)  # the replica's span is a child of the gateway's
         live: asyncio.Future[Answer] | None = None

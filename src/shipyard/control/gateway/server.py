@@ -12,6 +12,9 @@ Payload logging: each table with a ``logger`` gets a PayloadLogger (shipyard.mon
 (namespace, isvc, url), opened and closed as tables come and go, its spool in
 ``{spool_dir}/{namespace}/{isvc}/{hash of url}`` (``spool_dir`` defaults to
 ``$SHIPYARD_HOME/spool``); their counters are in ``GET /metrics`` and ``payload_logging()``.
+
+Inference graphs: ``graph_source()`` (the store's InferenceGraphs) is read with the route tables;
+``graphs`` (graphs.py) runs them at their own names, with bandit state under ``graph_state_dir``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from typing import Any, Callable, Mapping
 import grpc
 
 from shipyard.control.gateway.activator import Activator
+from shipyard.control.gateway.graphs import GraphTable
 from shipyard.control.gateway.grpc import GrpcProxy
 from shipyard.control.gateway.observe import Observer, RevisionStats
 from shipyard.control.gateway.rest import PayloadTap, RestProxy, new_client
@@ -50,7 +54,8 @@ class Gateway:
     def __init__(self, routes: RoutesSource, host: str = "127.0.0.1", http_port: int = 8080,
                  grpc_port: int | None = 8081, *, poll_s: float = POLL_S,
                  max_request: int = DEFAULT_MAX_REQUEST, on_demand: Callable[[str], None] | None = None,
-                 spool_dir: Path | None = None, logger_options: Mapping[str, Any] | None = None) -> None:
+                 spool_dir: Path | None = None, logger_options: Mapping[str, Any] | None = None,
+                 graph_source: Callable[[], Any] | None = None, graph_state_dir: Path | None = None) -> None:
         self.routes = routes
         self.host = host
         self.http_port = http_port
@@ -68,6 +73,11 @@ class Gateway:
                                           lambda host: self.router.by_host(host) is not None)
         #: Callables adding Prometheus lines to ``GET /metrics`` (the controller's replica counts).
         self.metrics_sources: list[Callable[[], list[str]]] = []
+        #: Inference graphs (graphs.py): read with the route tables from ``graph_source()``.
+        self.graph_source = graph_source
+        self.graphs = GraphTable(lambda: self.http_url if self._http is not None and self.http_port else None,
+                                 graph_state_dir, lambda ns, isvc: self.router.lookup(ns, isvc) is not None,
+                                 max_request=max_request)
         self.mirror: Mirror | None = None
         self._http: HttpServer | None = None
         self._grpc: grpc.aio.Server | None = None
@@ -85,7 +95,7 @@ class Gateway:
         client, shadow_client = new_client(), new_client(max_connections=16)
         self._clients = [client, shadow_client]
         app = RestProxy(self.router, self.observer, self.mirror, client, shadow_client, self.activator,
-                        self.prometheus, self.tap)
+                        self.prometheus, self.tap, self.graphs)
         self._http = HttpServer(app, self.host, self.http_port, self.max_request)
         try:
             await self._http.start()
@@ -100,7 +110,7 @@ class Gateway:
 
     async def _start_grpc(self) -> None:
         self._grpc_proxy = GrpcProxy(self.router, self.observer, self.mirror, self.activator,  # type: ignore[arg-type]
-                                     self.tap)
+                                     self.tap, self.graphs)
         self._grpc = grpc.aio.server(options=[
             ("grpc.max_receive_message_length", self.max_request),
             ("grpc.max_send_message_length", -1),
@@ -134,6 +144,7 @@ class Gateway:
             await self._grpc_proxy.close()
         for client in self._clients:
             await client.aclose()
+        await self.graphs.close()  # pending bandit state is saved
         await asyncio.to_thread(self.loggers.close)  # queued events reach the spool; delivery gets 2 s
         self._http = self._grpc = self._grpc_proxy = None
         self._clients = []
@@ -147,6 +158,9 @@ class Gateway:
         before = self.router.tables
         for problem in self.router.update(raw):
             log.error("ignoring a route table: %s", problem)
+        if self.graph_source is not None:
+            for problem in self.graphs.update(self.graph_source()):
+                log.error("not serving an inference graph: %s", problem)
         after = self.router.tables
         self._sync_loggers()
         self.activator.refreshed(self.router)
