@@ -89,8 +89,9 @@ def test_transformer_runs_in_front_of_the_predictor(plane, tmp_path: Path, proto
     assert status["components"]["predictor"]["latestReadyRevision"] == f"{name}-predictor-00001"
 
     # V2 REST: (x * 10 + 1) + 0.5, so both the transformer and the predictor ran
-    assert np.allclose(_infer(running.gateway, name, [1, 2], **{"x-request-id": "abc-1"}), [[11.5, 21.5]])
-    assert json.loads(seen.read_text().splitlines()[-1])["x-request-id"] == "abc-1"
+    headers = {"x-request-id": "abc-1", "authorization": "Bearer t0ken"}
+    assert np.allclose(_infer(running.gateway, name, [1, 2], **headers), [[11.5, 21.5]])
+    assert json.loads(seen.read_text().splitlines()[-1]) == headers  # passed through the gateway
     # V1 into the service
     answer = httpx.post(f"{running.gateway}/v1/models/{name}:predict", json={"instances": [[3.0]]}, timeout=60)
     assert answer.status_code == 200, answer.text

@@ -53,7 +53,7 @@ REVISION_HEADER = "x-shipyard-revision"
 GATEWAY_NAME = "shipyard-gateway"
 #: Request headers a replica needs; the rest (hop-by-hop, host...) stay here.
 FORWARD_REQUEST_HEADERS = ("content-type", "inference-header-content-length", "content-encoding",
-                           "accept", "x-request-id", "traceparent", "tracestate")
+                           "accept", "x-request-id", "traceparent", "tracestate", "authorization")
 #: Answer headers passed back (content-type and content-length are rendered by the server).
 FORWARD_RESPONSE_HEADERS = ("content-encoding", "inference-header-content-length", "retry-after", "x-request-id")
 #: Seconds to wait for a TCP connection to a replica (it is on this machine).
