@@ -48,6 +48,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/train_launch.py --runs 5 --nproc 2
 	$(BIN)/python benchmarks/data_cache.py --no-fail --doc docs/performance.md
 	$(BIN)/python benchmarks/cold_start.py --runs 5 --no-fail
+	$(BIN)/python benchmarks/batch.py --no-fail --doc docs/performance.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis demo-output

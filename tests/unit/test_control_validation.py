@@ -166,7 +166,7 @@ def test_vendored_schema_is_the_crd_schema():
      "'serving.kserve.io/v1alpha1' is not served for InferenceService; use serving.kserve.io/v1beta1"),
     ({"kind": None}, "kind", "required; expected one of: InferenceService, InferenceGraph, TrainJob, "
                              "TrainingRuntime, ClusterTrainingRuntime, Dataset, CacheRuntime, DataLoad, DataMigrate, "
-                             "DataProcess, DataClean"),
+                             "DataProcess, DataClean, BatchJob"),
     ({"kind": "isvc"}, "kind", "'isvc' is not a kind name; write 'InferenceService'"),
 ])
 def test_kind_and_api_version_errors(model_dir, change, path, message):
@@ -188,7 +188,7 @@ def test_unknown_kind_names_the_known_ones(model_dir):
                                            "(trainingruntime), ClusterTrainingRuntime (clustertrainingruntime), "
                                            "Dataset (dataset), CacheRuntime (cacheruntime), DataLoad (dataload/load), "
                                            "DataMigrate (datamigrate/migrate), DataProcess (dataprocess), DataClean "
-                                           "(dataclean)"}
+                                           "(dataclean), BatchJob (batchjob/bj)"}
 
 
 @pytest.mark.parametrize("name", ["Sklearn-Iris", "1-iris", "iris-", "iris_model", "a" * 64, ""])

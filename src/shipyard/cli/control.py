@@ -28,6 +28,11 @@ def up(
     api_port: int = typer.Option(8400, "--api-port", help="Port of the control plane's API (0 picks a free one)."),
     http_port: int = typer.Option(8080, "--http-port", help="Gateway REST port (0 picks a free one)."),
     grpc_port: int = typer.Option(8081, "--grpc-port", help="Gateway gRPC port (0 picks a free one)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address the API, dashboard and gateway listen on. "
+                             "Beyond loopback (e.g. 0.0.0.0) the API and dashboard need a token."),
+    token: Optional[str] = typer.Option(None, "--token", help="The token the API and dashboard require "
+                                        "(default: $SHIPYARD_TOKEN; beyond loopback without one, a token is "
+                                        "generated and printed once).", show_default=False),
     home: Optional[Path] = typer.Option(None, "--home", help="State folder (default: $SHIPYARD_HOME, else "
                                         "~/.shipyard).", show_default=False),
     log_level: str = typer.Option("info", help="debug, info, warning or error."),
@@ -49,7 +54,13 @@ def up(
       shipyard up --detach                 [dim]# background; logs in ~/.shipyard/logs/plane.log[/]
 
       shipyard up --http-port 9080 --grpc-port 9081 --home ./state
+
+      shipyard up --host 0.0.0.0           [dim]# reachable from other machines; prints the dashboard's token[/]
+
+    The dashboard is at the API's address: [b]http://127.0.0.1:8400/[/].
     """
+    from shipyard.control.auth import ENV as TOKEN_ENV
+    from shipyard.control.auth import generate_token, is_loopback
     from shipyard.control.plane import PlaneError, PlaneOptions, running_plane, serve_plane
     from shipyard.server.runner import use_uvloop
 
@@ -59,6 +70,13 @@ def up(
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         fail(f"--log-level must be debug, info, warning or error, got '{log_level}'", code=2)
+    if not host.strip():
+        fail("--host must be an address such as 127.0.0.1 or 0.0.0.0", code=2)
+    given = token if token is not None else os.environ.get(TOKEN_ENV) or None
+    if given is not None and (not given.strip() or any(ch.isspace() or ch in ';,"' for ch in given)):
+        fail("--token (or $SHIPYARD_TOKEN) must be a non-empty word without spaces, quotes, commas or semicolons",
+             code=2)
+    generated = generate_token() if given is None and not is_loopback(host) else None
     try:
         os.environ[logformat.ENV] = logformat.resolve(log_format)  # replicas and a detached plane inherit it
         tracing.exporters_from(os.environ)  # a bad OTEL_* variable fails here, not in the background
@@ -72,7 +90,7 @@ def up(
         fail(f"a control plane is already running for {state} (pid {info.get('pid', '?')}, API "
              f"{info.get('api_url', '?')}); stop it first, or use another --home")
     if detach:
-        _detach(state, api_port, http_port, grpc_port, log_level)
+        _detach(state, api_port, http_port, grpc_port, log_level, host, given or generated, generated is not None)
         return
     logformat.setup(level, os.environ[logformat.ENV])
     try:
@@ -82,21 +100,42 @@ def up(
     logging.getLogger("httpx").setLevel(max(level, logging.WARNING))  # one line per health check otherwise
     use_uvloop()
     try:
-        raise typer.Exit(asyncio.run(serve_plane(PlaneOptions(api_port=api_port, http_port=http_port,
-                                                              grpc_port=grpc_port, home=state), _announce)))
+        options = PlaneOptions(host=host, api_port=api_port, http_port=http_port, grpc_port=grpc_port, home=state,
+                               token=given or generated)
+        raise typer.Exit(asyncio.run(serve_plane(options, lambda info: _announce(info, generated is not None))))
     except PlaneError as exc:
         fail(str(exc))
 
 
-def _announce(info: dict[str, Any]) -> None:
+def _announce(info: dict[str, Any], show_token: bool = False) -> None:
     _say(f"Shipyard control plane {info['version']} running (pid {info['pid']}, state in {info['home']})")
-    _print_urls(info)
+    _print_urls(info, show_token)
     _say("Apply a service: shipyard apply -f isvc.yaml. Ctrl+C stops the plane and its replicas.")
 
 
-def _print_urls(info: dict[str, Any]) -> None:
+def _print_urls(info: dict[str, Any], show_token: bool = False) -> None:
     _say(f"  API:      {info['api_url']}")
     _say(f"  Gateway:  {info['gateway_url']} (REST), {info.get('gateway_grpc') or '-'} (gRPC)")
+    dashboard = _dashboard_url(info["api_url"])
+    if not info.get("token"):
+        _say(f"  Dashboard: {dashboard}")
+    elif show_token:  # generated: shown this once (it is also in plane.json, readable by you only)
+        _say(f"  Dashboard: open {dashboard}?token={info['token']}")
+        _say("  The API needs this token beyond loopback: the CLI reads it from plane.json; elsewhere set "
+             "SHIPYARD_TOKEN.")
+    else:
+        _say(f"  Dashboard: {dashboard} (open {dashboard}?token=YOUR_TOKEN once)")
+
+
+def _dashboard_url(api_url: str) -> str:
+    """The API's URL as a browser elsewhere reaches it: a wildcard address becomes this machine's name."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(api_url)
+    if parts.hostname in ("0.0.0.0", "::"):
+        return f"http://{socket.gethostname()}:{parts.port}/"
+    return api_url.rstrip("/") + "/"
 
 
 def _say(message: str) -> None:
@@ -107,18 +146,22 @@ def _say(message: str) -> None:
         print(message, flush=True)
 
 
-def _detach(state: Path, api_port: int, http_port: int, grpc_port: int, log_level: str) -> None:
-    """Start ``shipyard up`` in a session of its own and wait until it answers."""
+def _detach(state: Path, api_port: int, http_port: int, grpc_port: int, log_level: str, host: str = "127.0.0.1",
+            token: str | None = None, show_token: bool = False) -> None:
+    """Start ``shipyard up`` in a session of its own and wait until it answers (the token goes to it in
+    its environment, not on its command line)."""
+    from shipyard.control.auth import ENV as TOKEN_ENV
     from shipyard.control.plane import running_plane
 
     log_path = state / "logs" / "plane.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "shipyard", "up", "--api-port", str(api_port), "--http-port", str(http_port),
-               "--grpc-port", str(grpc_port), "--home", str(state), "--log-level", log_level]
+               "--grpc-port", str(grpc_port), "--home", str(state), "--log-level", log_level, "--host", host]
+    environment = {**os.environ, TOKEN_ENV: token} if token else None
     with open(log_path, "ab") as log:
         offset = log.tell()
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+                                   start_new_session=True, env=environment)
     deadline = time.monotonic() + DETACH_TIMEOUT_S
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -126,7 +169,7 @@ def _detach(state: Path, api_port: int, http_port: int, grpc_port: int, log_leve
         info = running_plane(state)
         if info and info.get("pid") == process.pid and _healthy(info.get("api_url")):
             print(f"Shipyard control plane running in the background (pid {process.pid}; log {log_path})")
-            _print_urls(info)
+            _print_urls(info, show_token)
             return
         time.sleep(0.1)
     fail(f"the control plane did not answer within {DETACH_TIMEOUT_S:.0f}s (pid {process.pid}); see {log_path}")

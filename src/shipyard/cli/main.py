@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from shipyard import __version__
-from shipyard.cli import build, control, data, monitor, package, predict, resources, rollout, serve, test, train
+from shipyard.cli import batch, build, control, data, monitor, package, predict, resources, rollout, serve, test, train
 
 app = typer.Typer(
     name="shipyard",
@@ -22,6 +22,7 @@ app.command("package")(package.package)
 app.command("test")(test.test)
 app.command("serve")(serve.serve)
 app.command("predict")(predict.predict)
+app.command("batch")(batch.batch)
 app.command("build")(build.build)
 app.command("up")(control.up)
 app.command("apply")(resources.apply)

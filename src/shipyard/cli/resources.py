@@ -22,8 +22,8 @@ if TYPE_CHECKING:  # the client (httpx, jsonschema) loads when a command runs, n
 
 KIND_HELP = ("Resource kind: inferenceservice (isvc), inferencegraph (ig), trainjob (tj), trainingruntime, "
              "clustertrainingruntime, "
-             "dataset, cacheruntime, dataload (load), datamigrate (migrate), dataprocess or dataclean "
-             "(plural names work too).")
+             "dataset, cacheruntime, dataload (load), datamigrate (migrate), dataprocess, dataclean "
+             "or batchjob (bj) (plural names work too).")
 DATA_OPERATION_KINDS = ("DataLoad", "DataMigrate", "DataProcess", "DataClean")
 NAMESPACE_OPTION = typer.Option(DEFAULT_NAMESPACE, "--namespace", "-n", help="Namespace.")
 
@@ -158,6 +158,8 @@ def get(
         typer.echo(operation_table(items, wide=output == "wide", namespaces=all_namespaces))
     elif kind_name == "InferenceGraph":
         typer.echo(graph_table(items, namespaces=all_namespaces))
+    elif kind_name == "BatchJob":
+        typer.echo(batchjob_table(items, wide=output == "wide", namespaces=all_namespaces))
     else:
         typer.echo(isvc_table(items, wide=output == "wide", namespaces=all_namespaces))
 
@@ -214,6 +216,86 @@ def describe_graph(described: dict[str, Any]) -> str:
     lines.append(_conditions_text(status.get("conditions") or []))
     lines.append(_events_text(described.get("events") or []))
     return "\n".join(lines)
+
+
+def batchjob_table(items: list[dict[str, Any]], wide: bool = False, namespaces: bool = False) -> str:
+    """``get batchjob``'s columns: NAME PHASE ROWS ERRORS ROWS/S AGE (wide: MODEL, OUTPUT, DURATION)."""
+    headers = ["NAME", "PHASE", "ROWS", "ERRORS", "ROWS/S"]
+    if wide:
+        headers += ["MODEL", "OUTPUT", "DURATION"]
+    headers = (["NAMESPACE"] if namespaces else []) + headers + ["AGE"]
+    rows = []
+    for item in items:
+        spec, status = item.get("spec") or {}, item.get("status") or {}
+        phase = "Deleting" if item["metadata"].get("deletionTimestamp") else status.get("phase") or "Pending"
+        row = [item["metadata"]["name"], phase, _rows(status), _text(status.get("errors", 0)),
+               _rate(status.get("rowsPerSecond"))]
+        if wide:
+            row += [str(spec.get("model", "")), str(status.get("output") or spec.get("output", "")),
+                    _batch_duration(status)]
+        rows.append(([item["metadata"]["namespace"]] if namespaces else []) + row + [age(item["metadata"])])
+    return table(headers, rows)
+
+
+def _rows(status: dict[str, Any]) -> str:
+    """``done/total`` (``done`` while the total is not known yet)."""
+    done, total = status.get("rowsDone") or 0, status.get("rowsTotal")
+    return f"{done}/{total}" if total is not None else str(done)
+
+
+def _rate(value: Any) -> str:
+    return f"{value:,.0f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
+
+
+def _batch_duration(status: dict[str, Any]) -> str:
+    seconds = status.get("seconds")
+    if isinstance(seconds, (int, float)):
+        return f"{seconds:.1f}s"
+    start = status.get("startTime")
+    if start and status.get("phase") == "Running":
+        return f"{_since(calendar.timegm(time.strptime(start, '%Y-%m-%dT%H:%M:%SZ')))} so far"
+    return ""
+
+
+def describe_batchjob(described: dict[str, Any]) -> str:
+    """A BatchJob: model, input, output, phase, progress, timings, errors file, conditions and events."""
+    spec, status = described.get("spec") or {}, described.get("status") or {}
+    metadata = described["metadata"]
+    done, total = status.get("rowsDone") or 0, status.get("rowsTotal")
+    share = f" ({100 * done / total:.1f}%)" if total else ""
+    chunks = (f", chunk {status.get('chunksDone', 0)}/{status['chunksTotal']}" if status.get("chunksTotal")
+              else "")
+    options = {key: value for key, value in spec.items() if key not in ("model", "input", "output")}
+    phase = ("Deleting (stopping, then removed)" if metadata.get("deletionTimestamp")
+             else status.get("phase") or "Pending")
+    lines = [
+        *_header(described),
+        f"Model:        {spec.get('model', '')}",
+        f"Input:        {spec.get('input', '')}",
+        f"Output:       {status.get('output') or spec.get('output', '')}",
+        "Options:      " + (", ".join(f"{key}={_flow(value)}" for key, value in options.items()) or "<defaults>"),
+        f"Phase:        {phase}" + (f" ({status['message']})" if status.get("message") else ""),
+        f"Rows:         {_rows(status)}{share}{chunks}",
+        f"Errors:       {status.get('errors', 0)}" + (f" (rows in {status['errorsFile']})"
+                                                      if status.get("errorsFile") and status.get("errors") else ""),
+        f"Rows/s:       {_rate(status.get('rowsPerSecond'))}",
+        f"Started:      {status.get('startTime') or '-'}",
+        f"Completed:    {status.get('completionTime') or '-'}" + (f" ({_batch_duration(status)})"
+                                                                   if status.get("seconds") is not None else ""),
+        f"Runs:         {status.get('runs', 0)}" + (f" (resumed {status['resumedChunks']} finished chunk(s))"
+                                                    if status.get("resumedChunks") else ""),
+        f"Log:          shipyard logs batchjob {metadata['name']}"
+        + (f" -n {metadata['namespace']}" if metadata["namespace"] != "default" else ""),
+    ]
+    lines.append(_conditions_text(status.get("conditions") or []))
+    lines.append(_events_text(described.get("events") or []))
+    return "\n".join(lines)
+
+
+def _flow(value: Any) -> str:
+    """A spec value in YAML's flow style: ``[id, ts]``, ``{predict: label}``."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("\n...").strip() \
+        if isinstance(value, (list, dict)) else str(value)
 
 
 def _seconds(value: Any) -> str:
@@ -363,6 +445,8 @@ def describe(
         typer.echo(describe_operation(described))
     elif described["kind"] == "InferenceGraph":
         typer.echo(describe_graph(described))
+    elif described["kind"] == "BatchJob":
+        typer.echo(describe_batchjob(described))
     elif described["kind"] != "InferenceService":
         typer.echo(yaml.safe_dump({k: v for k, v in described.items() if k != "events"}, sort_keys=False).rstrip())
         typer.echo(_events_text(described.get("events") or []))
@@ -581,6 +665,8 @@ def delete(
         background = "removed once its current run, if any, ends"
     elif kind_info.kind == "InferenceGraph":
         background = "the gateway stops serving it; its bandit state is removed"
+    elif kind_info.kind == "BatchJob":
+        background = "a running job stops after its chunks in flight; its partial work is discarded"
     else:
         background = "processes stop in the background"
     typer.echo(f"{what} deleted" if wait else f"{what} deleting ({background})")
@@ -588,7 +674,7 @@ def delete(
 
 def logs(
     kind: str = typer.Argument(..., help=KIND_HELP, show_default=False),
-    name: str = typer.Argument(..., help="The InferenceService's, TrainJob's or data operation's name.",
+    name: str = typer.Argument(..., help="The InferenceService's, TrainJob's, data operation's or BatchJob's name.",
                                show_default=False),
     namespace: str = NAMESPACE_OPTION,
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines (Ctrl+C stops)."),
@@ -599,7 +685,8 @@ def logs(
                                        show_default=False),
     tail: int = typer.Option(200, "--tail", min=0, help="Lines to show from the end of each log."),
 ) -> None:
-    """Print an InferenceService's replica logs, a TrainJob's step logs or a data operation's log (-f to follow).
+    """Print an InferenceService's replica logs, a TrainJob's step logs, a data operation's or a BatchJob's log
+    (-f to follow).
 
     Each line is prefixed with its replica or step when there are several.
 
@@ -608,10 +695,11 @@ def logs(
       shipyard logs isvc sklearn-iris -f
       shipyard logs trainjob mnist --step node-0 -f
       shipyard logs dataload warm-imagenet
+      shipyard logs batchjob score-customers -f
     """
     with api_errors():
         kind_info = kind_of(kind)
-        if kind_info.kind in DATA_OPERATION_KINDS or kind_info.kind in ("Dataset", "CacheRuntime"):
+        if kind_info.kind in (*DATA_OPERATION_KINDS, "BatchJob") or kind_info.kind in ("Dataset", "CacheRuntime"):
             if kind_info.kind in ("Dataset", "CacheRuntime"):
                 raise ValueError(f"a {kind_info.kind} has no log; its operations do: shipyard logs dataload NAME")
             if revision is not None or step is not None:

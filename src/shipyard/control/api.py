@@ -10,15 +10,19 @@
     GET    /apis/{kind}/{namespace}/{name}/logs            text: the last 200 lines of each live replica
     POST   /apis/{kind}/{namespace}/{name}/logs            {"revision", "tail", "cursor", "wait_s"} -> {"text", "cursor"}
                                                            (a TrainJob: {"step": "node-0", ...} instead of revision;
-                                                           a data operation: its one log, every run appended)
+                                                           a data operation or a BatchJob: its one log, every
+                                                           run appended)
     POST   /apis/inferenceservices/{namespace}/{name}/rollout   {"action": "promote|rollback|pin", "revision"}
+    GET    /, /ui/{file}, /apis/ui/...                     the dashboard, its files and live numbers (ui_api.py)
+
+Beyond loopback every route but /healthz and the dashboard's files needs the plane's token (auth.py).
 
 ``{kind}`` takes any of the kind's names (``inferenceservices``, ``isvc``, ``trainjobs``, ``tj``...); a
 cluster-scoped kind (ClusterTrainingRuntime) ignores ``{namespace}`` (write ``-``), and its listing
 includes Shipyard's built-in runtimes. A TrainJob's ``runtimeRef`` must name a runtime that exists
 (or is applied with it); the runtime is copied into the job's ``status.resolvedRuntime`` at submit. Likewise a
-``dataset://NAME`` storageUri (a TrainJob's initializer, an InferenceService's model) must name a Dataset of
-the resource's namespace that exists or is applied with it. Every error is
+``dataset://NAME`` storageUri (a TrainJob's initializer, an InferenceService's model, a BatchJob's input or output)
+must name a Dataset of the resource's namespace that exists or is applied with it. Every error is
 ``{"error": message}``; an apply with invalid documents answers 400 with ``errors`` (document
 index, field path, message) and applies none of them.
 """
@@ -38,6 +42,7 @@ from shipyard.control import logs
 from shipyard.control import data_validation, train_validation
 from shipyard.control.components import COMPONENTS, component_key, split_key
 from shipyard.control.resources import (
+    BATCH_JOB,
     CACHE_RUNTIME,
     CLUSTER_TRAINING_RUNTIME,
     DATA_OPERATIONS,
@@ -49,7 +54,9 @@ from shipyard.control.resources import (
     UnknownKind,
     kind_of,
 )
+from shipyard.control.auth import Auth
 from shipyard.control.store import Store
+from shipyard.control.ui_api import UiApi, UiError
 from shipyard.control.validation import ValidatedResource, ValidationError, validate
 from shipyard.home import shipyard_home
 from shipyard.server.rest import Request, Response, error_response, json_response
@@ -83,24 +90,32 @@ class ControlApi:
     """The API app: ``await api(request) -> response``.
 
     ``rollout`` does promote/rollback/pin (the controller's logic); ``on_change`` is called after
-    anything is applied, deleted or rolled out, so the controller can reconcile at once.
+    anything is applied, deleted or rolled out, so the controller can reconcile at once. ``ui`` serves
+    the dashboard and its endpoints (ui_api.py; by default without live numbers), ``auth`` decides who
+    may call (auth.py; by default loopback rules: no token).
     """
 
     def __init__(self, store: Store, rollout: Rollout | None = None, logs_dir: Path | None = None,
-                 on_change: Callable[[], None] | None = None) -> None:
+                 on_change: Callable[[], None] | None = None, ui: UiApi | None = None,
+                 auth: Auth | None = None) -> None:
         self.store = store
         self.rollout_fn = rollout
         self.logs_dir = logs_dir or shipyard_home() / "logs"
         self.on_change = on_change or (lambda: None)
+        self.ui = ui or UiApi(store, self.logs_dir.parent)
+        self.auth = auth or Auth()
 
     async def __call__(self, request: Request) -> Response:
         try:
+            refused = self.auth.check(request)
+            if refused is not None:
+                return refused
             handlers, args = self.route(request.path)
             handler = handlers.get("GET" if request.method == "HEAD" else request.method)
             if handler is None:
                 raise ApiError(405, f"{request.method} is not allowed on {request.path}; use {', '.join(handlers)}")
             return await handler(request, *args)
-        except ApiError as exc:
+        except (ApiError, UiError) as exc:
             return error_response(exc.status, exc.message)
         except Exception as exc:  # a bug of ours: say so, keep serving
             log.exception("unhandled error on %s %s", request.method, request.path)
@@ -108,7 +123,11 @@ class ControlApi:
 
     def route(self, path: str) -> tuple[dict[str, Callable[..., Any]], tuple[Any, ...]]:
         """Handlers by method for a path, and the arguments taken from it."""
-        match path.strip("/").split("/"):
+        parts = path.strip("/").split("/")
+        dashboard = self.ui.route(parts)  # /, /ui/..., /apis/ui/...
+        if dashboard is not None:
+            return dashboard
+        match parts:
             case ["healthz"]:
                 return {"GET": self.healthz}, ()
             case ["apis", "apply"]:
@@ -322,7 +341,7 @@ class ControlApi:
 
         For a TrainJob, ``revision`` is a step (``node-0``, ``dataset-initializer``...); by default every step."""
         resource = self.store.get(kind.kind, namespace, name)
-        if kind in DATA_OPERATIONS:
+        if kind in DATA_OPERATIONS or kind is BATCH_JOB:  # logs/<kind>/<namespace>/<name>.log
             return self._operation_log(kind, resource, namespace, name)
         if kind in (DATASET, CACHE_RUNTIME):
             raise ApiError(400, f"a {kind.kind} has no log; its operations have one each (shipyard logs dataload "
@@ -354,7 +373,7 @@ class ControlApi:
 
 
     def _operation_log(self, kind: Kind, resource: Resource | None, namespace: str, name: str) -> list[logs.LogFile]:
-        """A data operation's log (every run appends to it); it may not exist until the first run starts."""
+        """A data operation's or BatchJob's log (every run appends to it); it may not exist until the first run."""
         from shipyard.control.controllers.dataops import operation_log
 
         path = operation_log(self.logs_dir, kind.kind, namespace, name)
@@ -382,7 +401,8 @@ class ControlApi:
 
 
 def _dataset_uris(document: Any) -> list[tuple[str, str, str]]:
-    """``(field path, namespace, dataset name)`` of every dataset:// storageUri of a TrainJob or an InferenceService."""
+    """``(field path, namespace, dataset name)`` of every dataset:// storageUri of a TrainJob or an InferenceService,
+    and of a BatchJob's input, output and errors."""
     if not isinstance(document, dict) or not isinstance(document.get("spec"), dict):
         return []
     spec, kind = document["spec"], document.get("kind")
@@ -393,11 +413,14 @@ def _dataset_uris(document: Any) -> list[tuple[str, str, str]]:
         holders = [(f"spec.initializer.{step}", spec["initializer"].get(step)) for step in ("dataset", "model")]
     elif kind == INFERENCE_SERVICE.kind and isinstance(spec.get("predictor"), dict):
         holders = [(f"spec.predictor.{form}", spec["predictor"].get(form)) for form in spec["predictor"]]
+    elif kind == BATCH_JOB.kind:  # its input, output and errors file may be dataset:// URLs
+        holders = [(f"spec.{key}", {"storageUri": spec.get(key)}) for key in ("input", "output", "errors")]
     found = []
     for path, holder in holders:
         uri = holder.get("storageUri") if isinstance(holder, dict) else None
         if isinstance(uri, str) and uri.startswith("dataset://") and not data_validation.dataset_uri_error(uri):
-            found.append((f"{path}.storageUri", namespace, data_validation.parse_dataset_uri(uri)[0]))
+            where = path if kind == BATCH_JOB.kind else f"{path}.storageUri"
+            found.append((where, namespace, data_validation.parse_dataset_uri(uri)[0]))
     return found
 
 

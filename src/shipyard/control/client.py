@@ -11,11 +11,17 @@ Datasets and their operations (Fluid's objects; the names of Fluid's Python SDK 
     >>> client.load("imagenet", ["/train"])                 # a DataLoad, waited for: its status
     >>> client.dataset_status("imagenet")["cacheStates"]["cachedPercentage"]
     '100.0%'
+
+Batch predictions (a BatchJob, run by the plane; ``shipyard.batch.run_batch`` does the same in-process):
+
+    >>> client.batch("./model.joblib", "dataset://customers/2024.parquet", "./scores.parquet", carry=["id"])
+    {'phase': 'Succeeded', 'rowsDone': 100000, 'errors': 0, 'rowsPerSecond': 51234.5, ...}
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import sys
 import time
 import uuid
@@ -26,7 +32,14 @@ from typing import Any
 import httpx
 
 from shipyard.control.plane import running_plane
-from shipyard.control.resources import DEFAULT_NAMESPACE, FLUID_API, SHIPYARD_DATA_API, kind_of, parse_documents
+from shipyard.control.resources import (
+    DEFAULT_NAMESPACE,
+    FLUID_API,
+    SHIPYARD_BATCH_API,
+    SHIPYARD_DATA_API,
+    kind_of,
+    parse_documents,
+)
 from shipyard.control.validation import resolve_storage_paths
 
 START_HINT = "start it with: shipyard up --detach"
@@ -57,6 +70,14 @@ class OperationFailed(RuntimeError):
     """A data operation (or a Dataset) failed; the message is its status's reason and message."""
 
 
+class BatchFailed(OperationFailed):
+    """A BatchJob failed; ``status`` is its status (message, rowsDone, errors, errorsFile...)."""
+
+    def __init__(self, message: str, status: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def plane_url(home: Path | None = None) -> str:
     """The API URL of the running control plane; PlaneNotRunning says how to start one."""
     info = running_plane(home)
@@ -85,13 +106,28 @@ def read_documents(source: str | Path, stdin: Any = None) -> list[dict[str, Any]
     return [resolve_storage_paths(document, base) for document in parse_documents(text, name)]
 
 
-class ControlClient:
-    """The control plane's API as methods. ``url`` defaults to the plane found in ``$SHIPYARD_HOME``."""
+def plane_token(url: str, home: Path | None = None) -> str | None:
+    """The token to send to the plane at ``url``: the one in plane.json when that is the local plane's
+    address, else ``$SHIPYARD_TOKEN`` (None: send none; a plane on loopback needs none)."""
+    from shipyard.control.auth import ENV
 
-    def __init__(self, url: str | None = None, timeout: float = 30.0, home: Path | None = None) -> None:
+    info = running_plane(home) or {}
+    if info.get("token") and str(info.get("api_url", "")).rstrip("/") == url.rstrip("/"):
+        return str(info["token"])
+    return os.environ.get(ENV) or None
+
+
+class ControlClient:
+    """The control plane's API as methods. ``url`` defaults to the plane found in ``$SHIPYARD_HOME``;
+    ``token`` (for a plane beyond loopback) to plane.json's, else ``$SHIPYARD_TOKEN``."""
+
+    def __init__(self, url: str | None = None, timeout: float = 30.0, home: Path | None = None,
+                 token: str | None = None) -> None:
         self.url = (url or plane_url(home)).rstrip("/")
         self.timeout = timeout
-        self._http = httpx.Client(base_url=self.url, timeout=timeout, trust_env=False)  # the plane is local
+        token = token or plane_token(self.url, home)
+        headers = {"authorization": f"Bearer {token}"} if token else None
+        self._http = httpx.Client(base_url=self.url, timeout=timeout, trust_env=False, headers=headers)
 
     def close(self) -> None:
         self._http.close()
@@ -338,6 +374,51 @@ class ControlClient:
             return self.get(kind, name, namespace)  # type: ignore[return-value]
         return self.wait_operation(kind, name, timeout, namespace)
 
+    # -- batch predictions ------------------------------------------------------------------------
+    def batch(self, model: str | Path, input: str | Path, output: str | Path, *, name: str | None = None,
+              namespace: str = DEFAULT_NAMESPACE, wait: bool = True, timeout: float = 3600.0,
+              **options: Any) -> dict[str, Any]:
+        """Score ``input`` with ``model`` into ``output`` as a BatchJob run by the control plane; with ``wait``,
+        return its status once Succeeded (BatchFailed with the status when it Failed, NotReady on timeout: the
+        job keeps running). Without ``wait``, its status so far (follow it with ``wait_batch(name)``).
+
+        ``model``: a package folder or an artifact (local path), an InferenceService's name or an http(s) V2
+        server URL. ``input``/``output``: local paths, fsspec URLs or ``dataset://NAME/path`` (Parquet, CSV,
+        JSON Lines; an output ending in ``/`` is a folder of parts). Relative paths are taken from the current
+        folder. ``options`` are BatchSpec's (``columns``, ``carry``, ``batch_size``, ``workers``, ``limit``,
+        ``errors``, ``max_errors``, ``input_format``, ``output_format``, ``model_name``, ``concurrency``,
+        ``request_rows``, ``retries``, ``timeout_s``, ``output_columns``) or the spec's camelCase names.
+        ``name`` defaults to ``<model>-batch-<6 hex>``.
+        """
+        from shipyard.control.batch_validation import spec_from_options
+
+        spec = spec_from_options(str(model), str(input), str(output), options)
+        name = name or _batch_name(str(options.get("model_name") or options.get("modelName") or model))
+        self.apply([{"apiVersion": SHIPYARD_BATCH_API, "kind": "BatchJob",
+                     "metadata": {"name": name, "namespace": namespace}, "spec": spec}])
+        if not wait:
+            return self.get("batchjob", name, namespace).get("status") or {}  # type: ignore[union-attr]
+        return self.wait_batch(name, namespace=namespace, timeout=timeout).get("status") or {}
+
+    def wait_batch(self, name: str, namespace: str = DEFAULT_NAMESPACE, timeout: float = 3600.0,
+                   interval: float = 0.25) -> dict[str, Any]:
+        """Poll until the BatchJob's current spec has run: Succeeded returns the job, Failed raises BatchFailed
+        (its message and status), a timeout NotReady with its progress."""
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self._call("GET", f"/apis/batchjobs/{namespace}/{name}")
+            status = job.get("status") or {}
+            current = status.get("observedGeneration") == (job.get("metadata") or {}).get("generation")
+            if current and status.get("phase") == "Succeeded":
+                return job
+            if current and status.get("phase") == "Failed":
+                raise BatchFailed(f"BatchJob {name} failed: {status.get('message') or conditions_summary(job)}",
+                                  status)
+            if time.monotonic() > deadline:
+                raise NotReady(f"BatchJob {name} is {status.get('phase') or 'not started'} after {timeout:g}s "
+                               f"({status.get('rowsDone', 0)} rows done): {conditions_summary(job)}")
+            time.sleep(interval)
+
     # -- logs -----------------------------------------------------------------------------------
     def logs(self, name: str, namespace: str = DEFAULT_NAMESPACE, revision: str | None = None, tail: int = 200,
              kind: str = "isvc") -> str:
@@ -420,6 +501,19 @@ def cache_runtime(name: str, namespace: str, cache: dict[str, Any]) -> dict[str,
 def _op_name(dataset: str, verb: str) -> str:
     """A fresh operation name: ``<dataset>-<verb>-<6 hex>`` (kept within 63 characters)."""
     return f"{dataset[:63 - len(verb) - 8]}-{verb}-{uuid.uuid4().hex[:6]}"
+
+
+def _batch_name(model: str) -> str:
+    """``<model>-batch-<6 hex>``: the model's file, folder or service name as a resource name."""
+    if "://" in model:
+        model = "endpoint"
+    stem = model.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0].lower()
+    slug = "".join(char if char.isalnum() and char.isascii() else "-" for char in stem).strip("-")
+    while "--" in slug:
+        slug = slug.replace("--", "-")
+    if not slug or not slug[0].isalpha():
+        slug = f"m-{slug}".rstrip("-")
+    return f"{slug[:44].rstrip('-')}-batch-{uuid.uuid4().hex[:6]}"
 
 
 def with_namespace(document: dict[str, Any], namespace: str) -> dict[str, Any]:

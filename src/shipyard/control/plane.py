@@ -1,5 +1,5 @@
 """``shipyard up``: the control plane process (API, gateway, the InferenceService, InferenceGraph, TrainJob,
-Dataset and data operation controllers, local engine).
+Dataset, data operation and BatchJob controllers, local engine).
 
 Everything runs on one asyncio loop. State lives in ``$SHIPYARD_HOME/state.db``; other commands
 find a running plane through ``$SHIPYARD_HOME/plane.json`` (written atomically once everything
@@ -7,10 +7,15 @@ listens, removed on a clean exit). One plane per home: it holds an exclusive loc
 ``plane.lock`` for its lifetime (the kernel drops it if the plane is killed, so a stale
 ``plane.json`` is never mistaken for a live plane).
 
+The API server also serves the dashboard (ui_api.py), with live numbers sampled every second by
+``UiMetrics`` (ui_metrics.py). Listening beyond loopback (``host``) needs a token (auth.py): the one
+given, else a generated one; it is written to ``plane.json`` (then readable by its owner only).
+
 Stopping: SIGTERM or Ctrl+C stops the API, then the gateway (in-flight requests finish), then
 every replica. A plane killed with SIGKILL leaves its replicas running; the next ``shipyard up``
 adopts them (or restarts the ones that are gone) and serves again from the stored specs. Data
-operations still running at a stop (waited for a few seconds) run again when the plane is back.
+operations still running at a stop (waited for a few seconds) run again when the plane is back; BatchJobs
+are stopped and resume from their last finished chunk.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from shipyard import __version__, tracing
 from shipyard.home import shipyard_home
 
 if TYPE_CHECKING:  # the plane's parts are imported when it starts, so reading plane.json stays cheap
+    from shipyard.control.controllers.batchjob import BatchJobController
     from shipyard.control.controllers.dataops import DataOpsController
     from shipyard.control.controllers.dataset import DatasetController
     from shipyard.control.controllers.inferencegraph import InferenceGraphController
@@ -38,6 +44,7 @@ if TYPE_CHECKING:  # the plane's parts are imported when it starts, so reading p
     from shipyard.control.engines.local import LocalEngine
     from shipyard.control.gateway import Gateway
     from shipyard.control.store import Store
+    from shipyard.control.ui_metrics import UiMetrics
     from shipyard.server.http import HttpServer
 
 log = logging.getLogger("shipyard.control")
@@ -58,6 +65,8 @@ class PlaneOptions:
     http_port: int = 8080
     grpc_port: int = 8081
     home: Path | None = None
+    #: The API's token (auth.py): required when set; None beyond loopback generates one.
+    token: str | None = None
 
 
 def running_plane(home: Path | None = None) -> dict[str, Any] | None:
@@ -100,9 +109,12 @@ def _take_lock(home: Path) -> IO[bytes]:
     return handle
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def _write_atomically(path: Path, text: str, mode: int = 0o644) -> None:
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
+    temporary.unlink(missing_ok=True)
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
     os.replace(temporary, path)
 
 
@@ -126,13 +138,19 @@ class Plane:
         self.dataops: DataOpsController | None = None
         self._data_tasks: list[asyncio.Task[None]] = []
         self._graph_task: asyncio.Task[None] | None = None
+        self.batchjobs: BatchJobController | None = None
+        self._batch_task: asyncio.Task[None] | None = None
         self.gateway: Gateway | None = None
         self.api_server: HttpServer | None = None
+        self.ui_metrics: UiMetrics | None = None
+        self._ui_task: asyncio.Task[None] | None = None
 
     async def start(self) -> dict[str, Any]:
         """Take the lock, listen (API, gateway), adopt replicas, start reconciling; returns plane.json's content."""
         from shipyard.control import scheduler
         from shipyard.control.api import ControlApi
+        from shipyard.control.auth import Auth, generate_token, is_loopback
+        from shipyard.control.controllers.batchjob import BatchJobController
         from shipyard.control.controllers.dataops import DataOpsController
         from shipyard.control.controllers.dataset import DatasetController
         from shipyard.control.controllers.inferencegraph import InferenceGraphController
@@ -142,9 +160,12 @@ class Plane:
         from shipyard.control.engines.local import LocalEngine
         from shipyard.control.gateway import Gateway
         from shipyard.control.store import Store
+        from shipyard.control.ui_api import UiApi
+        from shipyard.control.ui_metrics import UiMetrics
         from shipyard.server.http import HttpServer
 
         options = self.options
+        token = options.token or (None if is_loopback(options.host) else generate_token())
         self._lock = _take_lock(self.home)
         try:
             try:  # one ledger of the machine for replicas and TrainJobs
@@ -176,6 +197,7 @@ class Plane:
             self.datasets = datasets = DatasetController(store, self.home, operations=dataops.holders,
                                                          busy=dataops.busy, release=dataops.release)
             dataops.resync = datasets.resync
+            self.batchjobs = batchjobs = BatchJobController(store, self.home, gateway_url=lambda: gateway.http_url)
 
             def changed() -> None:
                 controller.wake.set()
@@ -183,8 +205,12 @@ class Plane:
                 trainjobs.wake.set()
                 datasets.wake.set()
                 dataops.wake.set()
+                batchjobs.wake.set()
 
-            api = ControlApi(store, rollout, self.home / "logs", on_change=changed)
+            self.ui_metrics = ui_metrics = UiMetrics(store, gateway, controller.replicas, datasets)
+            ui = UiApi(store, self.home, ui_metrics, graph_stats=gateway.graphs.step_stats)
+            api = ControlApi(store, rollout, self.home / "logs", on_change=changed, ui=ui,
+                             auth=Auth(token, options.host))
             self.api_server = api_server = HttpServer(api, options.host, options.api_port, 16 * 1024 * 1024)
             await _listen(api_server.start(), f"the API on {options.host}:{options.api_port}", "--api-port")
             await _listen(gateway.start(), f"the gateway on {options.host}:{options.http_port} (REST) / "
@@ -192,6 +218,7 @@ class Plane:
             await controller.recover()
             await trainjobs.recover()
             await dataops.recover()
+            await batchjobs.recover()
             await controller.reconcile_all()
         except BaseException:
             await self._close()
@@ -201,6 +228,8 @@ class Plane:
         self._data_tasks = [asyncio.ensure_future(datasets.run(self._stop)),
                             asyncio.ensure_future(dataops.run(self._stop))]
         self._graph_task = asyncio.ensure_future(graphs.run(self._stop))
+        self._ui_task = asyncio.ensure_future(ui_metrics.run(self._stop))
+        self._batch_task = asyncio.ensure_future(batchjobs.run(self._stop))
         self.info = {
             "pid": os.getpid(),
             "version": __version__,
@@ -210,7 +239,10 @@ class Plane:
             "gateway_grpc": gateway.grpc_address,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        _write_atomically(self.home / PLANE_FILE, json.dumps(self.info, indent=2) + "\n")
+        if token is not None:  # clients read it here (auth.py); plane.json is then its owner's only
+            self.info["token"] = token
+        _write_atomically(self.home / PLANE_FILE, json.dumps(self.info, indent=2) + "\n",
+                          0o600 if token is not None else 0o644)
         return self.info
 
     async def stop(self) -> None:
@@ -228,10 +260,16 @@ class Plane:
             await task
         if self._graph_task is not None:
             await self._graph_task
+        if self._ui_task is not None:
+            await self._ui_task
+        if self._batch_task is not None:
+            await self._batch_task
         if self.trainjobs is not None:  # running jobs stop gracefully and stay queued for the next plane
             await self.trainjobs.shutdown()
         if self.dataops is not None:  # runs still going after a few seconds run again on the next plane
             await self.dataops.shutdown()
+        if self.batchjobs is not None:  # running jobs stop after their chunks in flight and resume on the next plane
+            await self.batchjobs.shutdown()
         if self.datasets is not None:
             await self.datasets.shutdown()
         if self.gateway is not None:

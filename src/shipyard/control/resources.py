@@ -48,8 +48,11 @@ DATA_CLEAN = Kind("DataClean", "datacleans", ("dataclean",), (SHIPYARD_DATA_API,
 #: The data operations: each runs against a Dataset and reports Fluid's OperationStatus.
 DATA_OPERATIONS: tuple[Kind, ...] = (DATA_LOAD, DATA_MIGRATE, DATA_PROCESS, DATA_CLEAN)
 DATA_KINDS: tuple[Kind, ...] = (DATASET, CACHE_RUNTIME, *DATA_OPERATIONS)
+#: Shipyard's own batch prediction kind (shipyard.batch; KServe has none).
+SHIPYARD_BATCH_API = "batch.shipyard.io/v1alpha1"
+BATCH_JOB = Kind("BatchJob", "batchjobs", ("batchjob", "bj"), (SHIPYARD_BATCH_API,))
 KINDS: dict[str, Kind] = {kind.kind: kind for kind in (INFERENCE_SERVICE, INFERENCE_GRAPH, TRAIN_JOB, TRAINING_RUNTIME,
-                                                        CLUSTER_TRAINING_RUNTIME, *DATA_KINDS)}
+                                                        CLUSTER_TRAINING_RUNTIME, *DATA_KINDS, BATCH_JOB)}
 
 
 class UnknownKind(ValueError):

@@ -254,6 +254,29 @@ class Store:
         rows = self._query("SELECT namespace, isvc, route_table FROM routes")
         return {(r["namespace"], r["isvc"]): json.loads(r["route_table"]) for r in rows}
 
+    # -- what changed (the dashboard's live updates) ----------------------------------------------
+    def change_marks(self) -> dict[str, tuple[Any, ...]]:
+        """Per kind, values that differ once a resource of it is created, changed (spec or status),
+        marked for deletion or removed; an InferenceService's also follow its replicas and routes."""
+        marks: dict[str, tuple[Any, ...]] = {
+            r[0]: (r[1], r[2], r[3]) for r in self._query(
+                "SELECT kind, COUNT(*), MAX(updated), SUM(deleting) FROM resources GROUP BY kind")}
+        replicas = self._query("SELECT COUNT(*), group_concat(r, ',') FROM (SELECT namespace || '/' || revision || "
+                               "':' || idx || ':' || state || ':' || restarts AS r FROM replicas "
+                               "ORDER BY namespace, revision, idx)")[0]
+        routes = self._query("SELECT COUNT(*), MAX(updated) FROM routes")[0]
+        isvc = marks.get("InferenceService", ())
+        marks["InferenceService"] = (*isvc, replicas[0], replicas[1], routes[0], routes[1])
+        return marks
+
+    def event_kinds_since(self, event_id: int | None) -> tuple[int, set[str]]:
+        """The last event's id, and the kinds with events after ``event_id`` (None: the id only)."""
+        last = self._query("SELECT MAX(id) FROM events")[0][0] or 0
+        if event_id is None or last <= event_id:
+            return last, set()
+        rows = self._query("SELECT DISTINCT kind FROM events WHERE id > ?", event_id)
+        return last, {row[0] for row in rows}
+
     # -- events ----------------------------------------------------------------------------------
     def event(self, kind: str, namespace: str, name: str, type_: str, reason: str, message: str) -> None:
         """Record what happened to an object (``Normal`` or ``Warning``), as ``kubectl describe`` shows; a

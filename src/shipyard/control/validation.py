@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from shipyard.control import data_validation, graph_validation, train_validation
+from shipyard.control import batch_validation, data_validation, graph_validation, train_validation
 from shipyard.control.autoscaler import config as autoscaling
 from shipyard.control.resources import (
+    BATCH_JOB,
     DATA_KINDS,
     INFERENCE_GRAPH,
     INFERENCE_SERVICE,
@@ -51,6 +52,7 @@ SCHEMA_FILES = {
     "DataMigrate": "datamigrate.v1alpha1.json.gz",
     "DataProcess": "dataprocess.v1alpha1.json.gz",
     "DataClean": "dataclean.v1alpha1.json",  # Shipyard's own, plain JSON
+    "BatchJob": "batchjob.v1alpha1.json",  # Shipyard's own, plain JSON
 }
 
 #: KServe's InferenceService name rule (a DNS-1035 label: starts with a letter).
@@ -149,6 +151,14 @@ def validate(document: Any) -> ValidatedResource:
         if errors:
             raise ValidationError(_unique(errors))
         warnings = [FieldError(path, message) for path, message in data_validation.warnings(kind.kind, document)]
+        return ValidatedResource(Resource.from_document(document), warnings)
+    if kind is BATCH_JOB:  # batch_validation.py: its rules, then the engine's spec_problems (shipyard.batch)
+        flagged = {error.path for error in schema_errors}
+        errors += [FieldError(path, message) for path, message in
+                   batch_validation.errors(document, flagged) if path not in flagged]
+        if errors:
+            raise ValidationError(_unique(errors))
+        warnings = [FieldError(path, message) for path, message in batch_validation.warnings(document)]
         return ValidatedResource(Resource.from_document(document), warnings)
     if kind is INFERENCE_GRAPH:  # graph_validation.py: the graph's rules (shipyard.graph.spec) and warnings
         flagged = {error.path for error in schema_errors}
@@ -686,7 +696,7 @@ def _unique(errors: list[FieldError]) -> list[FieldError]:
 def resolve_storage_paths(document: Any, base: Path) -> Any:
     """Make relative local paths absolute against ``base`` (a YAML file's folder): a predictor's or an
     initializer's ``storageUri``, a TrainJob's script (``command: [python, train.py]``), a Dataset's
-    ``mountPoint`` and a DataMigrate's ``externalStorage.uri``.
+    ``mountPoint``, a DataMigrate's ``externalStorage.uri`` and a BatchJob's model, input, output and errors.
 
     The control plane runs elsewhere, so only the client knows what a relative path meant. Returns
     the document (changed in place); anything that is not a relative local path is left alone.
@@ -711,6 +721,8 @@ def resolve_storage_paths(document: Any, base: Path) -> Any:
         if not isinstance(uri, str) or not uri or _SCHEME.match(uri) or Path(uri).is_absolute():
             continue
         container[key] = str((base / Path(uri).expanduser()).resolve())
+    if isinstance(document, dict) and document.get("kind") == "BatchJob" and isinstance(spec, dict):
+        batch_validation.resolve_paths(spec, base)  # input, output, errors; model when it names a file there
     trainer = spec.get("trainer") if isinstance(spec, dict) else None
     command = trainer.get("command") if isinstance(trainer, dict) else None
     if isinstance(command, list):  # [python, train.py, ...]: the script next to the YAML file

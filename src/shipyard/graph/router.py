@@ -137,10 +137,13 @@ class GraphRouter:
     retry_backoff_s = 0.05
     max_backoff_s = 1.0
 
-    def __init__(self, graph: Graph, call: Call, bandits: BanditState | None = None) -> None:
+    def __init__(self, graph: Graph, call: Call, bandits: BanditState | None = None,
+                 on_step: Callable[[str, str, bool], None] | None = None) -> None:
         self.graph = graph
         self.call = call
         self.bandits = bandits if bandits is not None else BanditState()
+        #: Told ``(node, step, ok)`` after each step taken (ok: a 2xx outcome, after its retries).
+        self.on_step = on_step
         self._split: dict[str, list[int]] = {}
         arms: dict[str, list[str]] = {}
         for node in graph.nodes.values():
@@ -272,6 +275,17 @@ class GraphRouter:
 
     async def _step(self, node: Node, step: Step, data: Any, run: _Run, route: list[tuple[str, str]]) -> _Outcome:
         route.append((node.name, step.name))
+        if self.on_step is None:
+            return await self._take(node, step, data, run, route)
+        ok = False  # also when the graph's timeout cancels the step
+        try:
+            outcome = await self._take(node, step, data, run, route)
+            ok = outcome.ok
+            return outcome
+        finally:
+            self.on_step(node.name, step.name, ok)
+
+    async def _take(self, node: Node, step: Step, data: Any, run: _Run, route: list[tuple[str, str]]) -> _Outcome:
         if step.node_name is None:
             return await self._service(node, step, data, run)
         work = self._node(self.graph.nodes[step.node_name], data, run, route)

@@ -13,8 +13,9 @@ import logging
 import socket
 import time
 from collections import deque
+from dataclasses import dataclass
 from http import HTTPStatus
-from typing import Awaitable, Callable
+from typing import AsyncIterator, Awaitable, Callable
 
 import httptools
 
@@ -29,6 +30,17 @@ MAX_PENDING = 64
 KEEP_ALIVE_SECONDS = 65.0
 #: After a 413 we keep reading (and dropping) for this long so the client sees the answer.
 LINGER_SECONDS = 2.0
+#: A streamed answer ends when this much of it waits in the send buffer (a client that stopped reading).
+MAX_STREAM_BUFFER = 1024 * 1024
+
+
+@dataclass
+class StreamResponse(Response):
+    """An answer written as ``chunks`` yields them (chunked encoding; server-sent events): ``body`` is
+    unused. The stream ends when the iterator does, the client leaves or the server shuts down (then
+    the iterator is cancelled, so its ``finally`` runs); the connection closes after it."""
+
+    chunks: AsyncIterator[bytes] | None = None
 
 
 def _status_line(status: int) -> bytes:
@@ -72,6 +84,8 @@ class HttpProtocol(asyncio.Protocol):
         self.pending: deque[Request | Response] = deque()
         self.busy = False
         self.discarding = False
+        #: The task writing a StreamResponse (cancelled when the client leaves or the server stops).
+        self.streaming: asyncio.Task[None] | None = None
         #: loop.time() of the last byte received or answer sent (the server's sweeper closes idle ones)
         self.last_active = 0.0
         self._reset()
@@ -92,6 +106,8 @@ class HttpProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
         self.transport = None
+        if self.streaming is not None:
+            self.streaming.cancel()
 
     def data_received(self, data: bytes) -> None:
         if self.discarding:
@@ -169,6 +185,9 @@ class HttpProtocol(asyncio.Protocol):
         except Exception as exc:  # the app already maps errors; this is a last resort
             log.exception("request failed")
             response = error_response(500, f"internal server error: {type(exc).__name__}")
+        if isinstance(response, StreamResponse):
+            await self._stream(response, head=request.method == "HEAD")
+            return
         keep_alive = request.keep_alive and not self.server.stopping
         self._write(response, keep_alive, head=request.method == "HEAD")
         self.busy = False
@@ -180,6 +199,48 @@ class HttpProtocol(asyncio.Protocol):
     def _write(self, response: Response, keep_alive: bool, head: bool = False) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(render(response, keep_alive, head))
+
+    async def _stream(self, response: StreamResponse, head: bool) -> None:
+        """Write a streamed answer chunk by chunk, then close the connection."""
+        self.streaming = asyncio.current_task()
+        chunks = response.chunks
+        try:
+            transport = self.transport
+            if transport is None or transport.is_closing():
+                return
+            head_lines = [_STATUS_LINES.get(response.status) or _status_line(response.status),
+                          f"content-type: {response.content_type}\r\n".encode("latin-1"),
+                          b"transfer-encoding: chunked\r\n", b"connection: close\r\n"]
+            head_lines += [f"{name}: {value}\r\n".encode("latin-1") for name, value in response.headers]
+            transport.write(b"".join(head_lines) + b"\r\n")
+            if head or chunks is None:
+                return
+            async for chunk in chunks:
+                transport = self.transport
+                if transport is None or transport.is_closing():
+                    break
+                if chunk:
+                    transport.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    self.last_active = self.server.now()
+                if transport.get_write_buffer_size() > MAX_STREAM_BUFFER:
+                    log.warning("ending a streamed answer: the client does not read it")
+                    break
+            else:
+                if self.transport is not None and not self.transport.is_closing():
+                    self.transport.write(b"0\r\n\r\n")
+        except asyncio.CancelledError:
+            pass  # the client left, or the server stops
+        except Exception:
+            log.exception("a streamed answer failed")
+        finally:
+            self.streaming = None
+            self.busy = False
+            self._close()
+            if chunks is not None and hasattr(chunks, "aclose"):
+                try:
+                    await chunks.aclose()  # type: ignore[attr-defined]  # its finally runs (unsubscribe...)
+                except BaseException:  # noqa: BLE001 - already ending; a second cancel must not escape
+                    pass
 
     def _refuse(self, response: Response) -> None:
         """Answer a request that cannot be parsed or accepted, after those already queued."""
@@ -214,8 +275,10 @@ class HttpProtocol(asyncio.Protocol):
         return not self.busy and not self.pending
 
     def shutdown(self) -> None:
-        """Close now if idle; a busy connection closes after its in-flight answer."""
-        if self.is_idle():
+        """Close now if idle; a busy connection closes after its in-flight answer (a stream ends now)."""
+        if self.streaming is not None:
+            self.streaming.cancel()
+        elif self.is_idle():
             self._close()
 
 

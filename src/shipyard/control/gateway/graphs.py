@@ -125,6 +125,8 @@ class GraphTable:
         self.max_request = max_request
         self.graphs: dict[Key, GraphRuntime] = {}
         self.errors: dict[Key, str] = {}
+        #: Per graph, ``[requests, errors]`` of each (node, step) since the gateway started (the dashboard's).
+        self.step_counts: dict[Key, dict[tuple[str, str], list[int]]] = {}
         self._hosts: dict[str, Key | None] = {}
         self._saves: dict[Key, asyncio.TimerHandle] = {}
         self._client: httpx.AsyncClient | None = None
@@ -156,14 +158,35 @@ class GraphTable:
             self.errors.pop(key, None)
             path = self.state_dir / resource.namespace / resource.name / "bandit.json"
             bandits = old.bandits if old is not None and old.uid == resource.uid else self._load(path)
+            counts = self._counts_for(key, graph, keep=old is not None and old.uid == resource.uid)
             new[key] = GraphRuntime(resource.namespace, resource.name, resource.uid, resource.generation, graph,
-                                    GraphRouter(graph, self._call_for(resource.namespace), bandits), bandits, path)
+                                    GraphRouter(graph, self._call_for(resource.namespace), bandits,
+                                                on_step=_counter(counts)), bandits, path)
         for key in self.graphs.keys() - new.keys():
             self._cancel_save(key)
+            self.step_counts.pop(key, None)
         if new.keys() != self.graphs.keys():
             self._hosts.clear()
         self.graphs = new  # one assignment: a request sees the old set or the new one
         return problems
+
+    def _counts_for(self, key: Key, graph: Graph, keep: bool) -> dict[tuple[str, str], list[int]]:
+        """The graph's step counters: those of steps it still has kept (same uid), new ones at zero."""
+        old = self.step_counts.get(key, {}) if keep else {}
+        counts = {(node.name, step.name): old.get((node.name, step.name), [0, 0])
+                  for node in graph.nodes.values() for step in node.steps}
+        self.step_counts[key] = counts
+        return counts
+
+    def step_stats(self, namespace: str, name: str) -> dict[str, dict[str, int]] | None:
+        """``{"node/step": {"requests": n, "errors": n}}`` since the gateway started (every step of the
+        graph, zeros included); None when the gateway does not serve the graph. ``errors`` counts steps
+        whose outcome was not 2xx after their retries (a timeout included)."""
+        counts = self.step_counts.get((namespace, name))
+        if counts is None or (namespace, name) not in self.graphs:
+            return None
+        return {f"{node}/{step}": {"requests": value[0], "errors": value[1]}
+                for (node, step), value in counts.items()}
 
     def _load(self, path: Path) -> BanditState:
         try:
@@ -208,6 +231,7 @@ class GraphTable:
         key = (namespace, name)
         self._cancel_save(key)
         runtime = self.graphs.get(key)
+        self.step_counts.pop(key, None)
         if runtime is not None:
             self.graphs = {k: v for k, v in self.graphs.items() if k != key}
             self._hosts.clear()
@@ -426,6 +450,15 @@ class GraphTable:
         except InferenceError as exc:
             await context.abort(grpc.StatusCode.INTERNAL, f"inference graph '{runtime.name}': {exc.message}")
         return response.SerializeToString()
+
+
+def _counter(counts: dict[tuple[str, str], list[int]]) -> Callable[[str, str, bool], None]:
+    def count(node: str, step: str, ok: bool) -> None:
+        value = counts.setdefault((node, step), [0, 0])
+        value[0] += 1
+        value[1] += not ok
+
+    return count
 
 
 def route_text(route: list[tuple[str, str]]) -> str:

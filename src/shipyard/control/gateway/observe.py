@@ -89,19 +89,28 @@ class Observer:
         """Counts and latency percentiles of the answers of the last ``window_s`` seconds."""
         if window_s <= 0:
             raise ValueError(f"window_s must be a positive number of seconds, got {window_s}")
-        cutoff = self.clock() - window_s
-        recent = [(ok, ms) for at, ok, ms in self._answers.get(revision, ()) if at >= cutoff]
-        latencies = sorted(ms for _, ms in recent)
+        recent = self.since(revision, self.clock() - window_s)
+        latencies = sorted(ms for _, _, ms in recent)
         return RevisionStats(
             revision=revision,
             window_s=window_s,
             requests=len(recent),
-            errors=sum(1 for ok, _ in recent if not ok),
+            errors=sum(1 for _, ok, _ in recent if not ok),
             in_flight=self.in_flight(revision),
             p50_ms=percentile(latencies, 0.50) if latencies else None,
             p99_ms=percentile(latencies, 0.99) if latencies else None,
             mean_ms=sum(latencies) / len(latencies) if latencies else None,
         )
+
+    def since(self, revision: str, after: float) -> list[tuple[float, bool, float]]:
+        """``(time, ok, latency_ms)`` of the answers at or after ``after`` (this observer's clock), newest
+        first: only those are visited, so a short window costs little however many answers are kept."""
+        found = []
+        for answer in reversed(self._answers.get(revision, ())):
+            if answer[0] < after:
+                break
+            found.append(answer)
+        return found
 
     def revisions(self) -> list[str]:
         """Revisions with requests in flight or answers in the window."""
