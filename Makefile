@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.shipyard-installed
 # (torch 2.13.0 is the CPU wheel this machine kind keeps on disk; a bare `torch` pulls GBs of CUDA).
 EXTRA_PACKAGES := xgboost-cpu torch==2.13.0
 # Debian packages the suite needs: curl for the demo, R for the R runtime (rpart for its tests).
-APT_PACKAGES := curl r-base-core r-cran-rpart
+APT_PACKAGES := curl r-base-core r-cran-rpart chromium
 
 .PHONY: demo test bench install clean help grpc-stubs
 

@@ -234,7 +234,7 @@ class Plane:
             "pid": os.getpid(),
             "version": __version__,
             "home": str(self.home),
-            "api_url": f"http://{options.host}:{api_server.port}",
+            "api_url": f"http://{f'[{options.host}]' if ':' in options.host else options.host}:{api_server.port}",
             "gateway_url": gateway.http_url,
             "gateway_grpc": gateway.grpc_address,
             "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

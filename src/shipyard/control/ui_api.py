@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
 from shipyard.server.http import StreamResponse
-from shipyard.server.rest import Request, Response, error_response, json_response
+from shipyard.server.rest import Request, Response, json_response
 
 UI_DIR = Path(__file__).parent / "ui"
 #: Seconds between keep-alive comment lines on the event stream.

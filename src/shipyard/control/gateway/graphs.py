@@ -27,6 +27,10 @@ so canary splits, scale-to-zero activation, payload logging and transformers app
 ``StepError`` (502 / 504, the status in the message; the router names the node, step and service);
 an error answer is returned as it came (the router names its status).
 
+Per-step counters (the dashboard's ``GET /apis/ui/graphs/{ns}/{name}/stats``): requests and errors (an outcome
+that is not 2xx after its retries, a timeout included) of every (node, step), in memory since the gateway started;
+kept across a new generation of the same graph, dropped with it (``step_stats``).
+
 Bandit state: one ``BanditState`` per graph, loaded from ``{state_dir}/{namespace}/{name}/bandit.json``
 when the graph is first built, saved (atomically, at most once a second) after feedback and bandit
 choices, flushed when the gateway stops, and deleted with the graph (``forget``).

@@ -50,12 +50,12 @@ export const get = (path, options) => request("GET", path, undefined, options);
 export const post = (path, body, options) => request("POST", path, body ?? {}, options);
 export const del = (path, options) => request("DELETE", path, undefined, options);
 
-/** A GET that answers null when the endpoint or object does not exist (404/501) instead of throwing. */
+/** A GET that answers null when the endpoint or object does not exist or is unavailable (404/405/501/503). */
 export async function maybe(path, options) {
   try {
     return await get(path, options);
   } catch (error) {
-    if (error instanceof ApiError && (error.status === 404 || error.status === 501 || error.status === 405)) return null;
+    if (error instanceof ApiError && [404, 405, 501, 503].includes(error.status)) return null;
     throw error;
   }
 }

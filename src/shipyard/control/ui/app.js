@@ -44,9 +44,10 @@ function showTokenForm() {
     window.location.assign(`/?token=${encodeURIComponent(token)}${window.location.hash || ""}`);
   }},
   h("h1", {}, "A token is required"),
-  h("p", {}, "This control plane listens beyond loopback, so the dashboard and the API need its token. ",
-    "It was printed by ", h("code", {}, "shipyard up --host ..."), " and is in ", h("code", {}, "plane.json"),
-    " (or set with ", h("code", {}, "--token"), " / ", h("code", {}, "$SHIPYARD_TOKEN"), ")."),
+  h("p", {}, "This control plane requires a token for its dashboard and API. ",
+    h("code", {}, "shipyard up --host ..."), " printed it when it started, and it is in ",
+    h("code", {}, "$SHIPYARD_HOME/plane.json"), " (unless it was chosen with ", h("code", {}, "--token"), " or ",
+    h("code", {}, "$SHIPYARD_TOKEN"), ")."),
   new URLSearchParams(window.location.search).has("invalid_token")
     ? h("p", {class: "notice notice-error", role: "alert"}, "That token was not accepted; check it and try again.") : null,
   h("label", {for: "token", class: "field"}, "Token"), input,

@@ -87,9 +87,8 @@ export function list(outlet) {
         nameCell("data", item), h("td", {}, badge(phaseOf(item, "NotBound"))),
         h("td", {class: "opt num"}, item.status?.ufsTotal || "—"), h("td", {class: "num"}, states.cached ?? "—"),
         h("td", {class: "num"}, states.cacheCapacity ?? "—"), h("td", {class: "num"}, states.cachedPercentage ?? "—"),
-        h("td", {class: "num"}, hitRatioText(item, live[keyOf(item)])),
-        h("td", {class: "opt"}, sparkline(history.get(keyOf(item)) || [], "hit_ratio", {max: 1, label: "hit ratio"})),
-        h("td", {class: "opt"}, ageOf(item)));
+        h("td", {class: "num", "data-live": "hit"}, hitRatioText(item, live[keyOf(item)])),
+        h("td", {class: "opt", "data-live": "spark"}), h("td", {class: "opt"}, ageOf(item)));
     });
     replace(body, [
       h("h2", {class: "table-title"}, `Datasets (${datasets.length})`),
@@ -101,8 +100,22 @@ export function list(outlet) {
       h("h2", {class: "table-title"}, `Data operations (${operations.length})`),
       operations.length ? operationsTable(operations)
         : h("p", {class: "muted"}, "No data operation: warm a cache with ", h("code", {}, "shipyard apply -f dataload.yaml"), "."),
-    ], JSON.stringify([datasets.map((d) => [d.metadata, d.status]), operations.map((o) => [o.metadata, o.status]), live,
-      [...history.values()].map((points) => points.length)]));
+    ], JSON.stringify([datasets.map((d) => [d.metadata, d.status]), operations.map((o) => [o.metadata, o.status]),
+      Math.floor(Date.now() / 30000)]));
+    updateLive();
+  }
+
+  /** The hit ratio and its sparkline, updated in place every tick (the table is rebuilt only on changes). */
+  function updateLive() {
+    if (!datasets) return;
+    const byKey = Object.fromEntries(datasets.map((item) => [keyOf(item), item]));
+    for (const row of body.querySelectorAll("[data-testid=dataset-row]")) {
+      const key = `${row.dataset.namespace}/${row.dataset.name}`;
+      const hit = row.querySelector("[data-live=hit]");
+      const spark = row.querySelector("[data-live=spark]");
+      if (hit && byKey[key]) hit.textContent = hitRatioText(byKey[key], live[key]);
+      if (spark) spark.replaceChildren(sparkline(history.get(key) || [], "hit_ratio", {max: 1, label: "hit ratio"}));
+    }
   }
 
   const poller = new Poller(async (signal) => {
@@ -124,7 +137,7 @@ export function list(outlet) {
         }
       }
       if ((tick.changed || []).some((kind) => DATA_KINDS.includes(kind))) poller.run();
-      else render();
+      else updateLive();
     },
     unmount: () => poller.stop(),
   };

@@ -55,10 +55,11 @@ export function table(columns, rows, attrs = {}) {
 }
 
 /** The empty state of a list page: what is missing and the command that creates the first one. */
-export function emptyState(what, command, doc) {
+export function emptyState(what, command, doc, alternative) {
   return h("div", {class: "empty", testid: "empty-state"},
     h("p", {class: "empty-title"}, `No ${what} yet.`),
-    h("p", {}, "Create one with ", h("code", {}, command), doc ? ` — see ${doc}` : ""));
+    h("p", {}, "Create one with ", h("code", {}, command),
+      alternative ? [" (or ", h("code", {}, alternative), ")"] : null, doc ? ` — see ${doc}` : ""));
 }
 
 /** A notice: "error" or "info". */
@@ -171,11 +172,12 @@ export function conditionsTable(conditions) {
 export function eventsTable(events) {
   if (!events || !events.length) return h("p", {class: "muted", testid: "events"}, "No events.");
   const rows = [...events].sort((a, b) => b.time - a.time).slice(0, 50).map((e) => h("tr", {},
-    h("td", {}, h("span", {class: `badge badge-${e.type === "Warning" ? "warn" : "ok"}`}, e.type)),
+    h("td", {class: "opt"}, h("span", {class: `badge badge-${e.type === "Warning" ? "warn" : "ok"}`}, e.type)),
     h("td", {}, e.reason), h("td", {}, since(Date.now() / 1000 - e.time)),
     h("td", {class: "wide"}, e.message)));
   return h("div", {class: "table-wrap"}, h("table", {testid: "events"},
-    h("thead", {}, h("tr", {}, ["Type", "Reason", "Age", "Message"].map((label) => h("th", {scope: "col"}, label)))),
+    h("thead", {}, h("tr", {}, [["Type", "opt"], ["Reason"], ["Age"], ["Message"]].map(([label, cls]) =>
+      h("th", {scope: "col", class: cls}, label)))),
     h("tbody", {}, rows)));
 }
 

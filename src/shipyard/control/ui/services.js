@@ -17,6 +17,13 @@ export function trafficSplit(resource) {
   return parts.length ? parts.join(" · ") : "—";
 }
 
+/** The split as nodes: each "revision N%" kept on one line; the text is trafficSplit()'s. */
+function splitNodes(resource) {
+  const parts = trafficSplit(resource).split(" · ");
+  return parts.flatMap((part, index) => [index ? " " : null,
+    h("span", {class: "nowrap"}, index < parts.length - 1 ? `${part} ·` : part)]);
+}
+
 /** Ready/desired replicas summed over the service's revisions (status.shipyard.autoscaling), or the live tick's. */
 function replicasText(resource, live) {
   if (live && typeof live.replicas === "number") {
@@ -43,24 +50,38 @@ export function list(outlet) {
     }
     const rows = items.map((item) => {
       const predictor = item.status?.components?.predictor || {};
-      const numbers = live[keyOf(item)];
       const ready = readyOf(item);
-      return h("tr", {testid: "service-row", "data-name": item.metadata.name, "data-namespace": item.metadata.namespace},
-        nameCell("services", item),
-        h("td", {}, badge(ready, "service-ready")),
-        h("td", {class: "opt url"}, item.status?.url || "—"),
-        h("td", {class: "opt"}, predictor.latestCreatedRevision || "—"),
-        h("td", {class: "opt"}, predictor.previousRolledoutRevision || "—"),
-        h("td", {}, h("span", {testid: "traffic-split"}, trafficSplit(item))),
-        h("td", {class: "num"}, replicasText(item, numbers)),
-        h("td", {class: "num opt"}, numbers ? num(numbers.rps) : "—"),
-        h("td", {class: "opt"}, ageOf(item)));
+      return h("tr", {testid: "service-row", "data-name": item.metadata.name, "data-namespace": item.metadata.namespace,
+        "data-key": `row:${keyOf(item)}`},
+      nameCell("services", item),
+      h("td", {}, badge(ready, "service-ready")),
+      h("td", {class: "opt url"}, item.status?.url || "—"),
+      h("td", {class: "opt"}, predictor.latestCreatedRevision || "—"),
+      h("td", {class: "opt"}, rollbackTarget(predictor) || "—"),
+      h("td", {class: "split-cell"}, h("span", {testid: "traffic-split"}, splitNodes(item))),
+      h("td", {class: "num", "data-live": "replicas"}, replicasText(item, live[keyOf(item)])),
+      h("td", {class: "num opt", "data-live": "rps"}, "—"),
+      h("td", {class: "opt"}, ageOf(item)));
     });
-    const signature = JSON.stringify([items.map((i) => [i.metadata, i.status]), live]);
+    // the table is rebuilt only when the services change; the live numbers are updated in place (updateLive)
     replace(body, table([{label: "Name"}, {label: "Ready"}, {label: "URL", class: "opt"},
       {label: "Latest revision", class: "opt"}, {label: "Previous", class: "opt"}, {label: "Traffic"},
       {label: "Replicas", class: "num"}, {label: "Req/s", class: "num opt"}, {label: "Age", class: "opt"}], rows,
-    {class: "list"}), signature);
+    {class: "list"}), JSON.stringify([items.map((i) => [i.metadata, i.status]), Math.floor(Date.now() / 30000)]));
+    updateLive();
+  }
+
+  function updateLive() {
+    if (!items) return;
+    const byKey = Object.fromEntries(items.map((item) => [keyOf(item), item]));
+    for (const row of body.querySelectorAll("[data-testid=service-row]")) {
+      const key = `${row.dataset.namespace}/${row.dataset.name}`;
+      const numbers = live[key];
+      const replicas = row.querySelector("[data-live=replicas]");
+      const rps = row.querySelector("[data-live=rps]");
+      if (replicas && byKey[key]) replicas.textContent = replicasText(byKey[key], numbers);
+      if (rps) rps.textContent = numbers ? num(numbers.rps) : "—";
+    }
   }
 
   const poller = new Poller(async (signal) => {
@@ -73,9 +94,9 @@ export function list(outlet) {
   return {
     refresh: () => poller.run(),
     onTick(tick) {
-      live = Object.fromEntries(Object.entries(tick.services || {}));
+      live = tick.services || {};
       if ((tick.changed || []).includes("InferenceService")) poller.run();
-      else render();
+      else updateLive();
     },
     unmount: () => poller.stop(),
   };
@@ -125,7 +146,7 @@ export function detail(outlet, {namespace, name}) {
   function render() {
     const resource = described;
     replace(readyBadge, badge(readyOf(resource), "service-ready"), readyOf(resource));
-    split.textContent = trafficSplit(resource);
+    replace(split, splitNodes(resource), trafficSplit(resource));
     url.textContent = [resource.status?.url, resource.status?.address?.url && `gateway ${resource.status.address.url}`]
       .filter(Boolean).join(" · ") || "no URL yet";
     const status = resource.status || {};
@@ -159,7 +180,7 @@ export function detail(outlet, {namespace, name}) {
     if (!described) return;
     const predictor = described.status?.components?.predictor || {};
     const latest = predictor.latestReadyRevision || predictor.latestCreatedRevision;
-    const previous = predictor.previousRolledoutRevision;
+    const previous = rollbackTarget(predictor);
     let dialog;
     if (action === "promote") {
       dialog = {title: `Promote ${name}?`, confirmLabel: "Promote", body: [h("p", {},
@@ -167,7 +188,7 @@ export function detail(outlet, {namespace, name}) {
         "The same as ", h("code", {}, `shipyard rollout promote ${name}`), ".")]};
     } else if (action === "rollback") {
       dialog = {title: `Roll back ${name}?`, confirmLabel: "Roll back", danger: true, body: [h("p", {},
-        `All traffic goes back to the previous rolled-out revision${previous ? ` (${previous})` : ""}, and stays `,
+        `All traffic goes back to ${previous ? previous : "the previous rolled-out revision"}, and stays `,
         "pinned there until you promote or apply the service again. The same as ",
         h("code", {}, `shipyard rollout rollback ${name}`), ".")]};
     } else {
@@ -236,4 +257,14 @@ export function detail(outlet, {namespace, name}) {
       logs.stop();
     },
   };
+}
+
+
+/** Where a rollback goes, as the API decides (controllers/rollout.py): during a canary (or after a pin) the
+ * rolled-out revision, otherwise the one rolled out before it. */
+function rollbackTarget(predictor) {
+  const latest = predictor.latestReadyRevision;
+  const rolledOut = predictor.latestRolledoutRevision;
+  if (latest && rolledOut && latest !== rolledOut) return rolledOut;
+  return predictor.previousRolledoutRevision;
 }

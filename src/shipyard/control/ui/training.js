@@ -63,7 +63,8 @@ export function list(outlet) {
     const jobs = await api.list(KIND, {signal});
     setError(null);
     if (!jobs.length) {
-      replace(body, emptyState("TrainJobs", "shipyard apply -f mnist-ddp.yaml", "docs/training.md (or: shipyard train train.py)"),
+      replace(body, emptyState("TrainJobs", "shipyard apply -f mnist-ddp.yaml", "docs/training.md",
+        "shipyard train train.py"),
         "empty");
       return;
     }
@@ -127,9 +128,10 @@ export function detail(outlet, {namespace, name}) {
   rankLabel.hidden = true;
   const logTools = h("div", {class: "toolbar"}, h("label", {for: "log-step", class: "field-inline"}, "Step ", stepSelect),
     rankLabel, h("span", {class: "muted small"}, "Followed live while this page is open."));
-  body.append(section("Overview", overview), section("Logs", logTools, logs.element),
-    section("Metrics", metricsNow, chartsNote, charts), section("Checkpoints", checkpoints), section("Steps", steps),
-    section("Conditions", conditions), section("Events", events));
+  body.append(h("div", {class: "columns"}, section("Overview", overview),
+    section("Metrics", metricsNow, chartsNote, charts)), section("Logs", logTools, logs.element),
+  section("Checkpoints", checkpoints), section("Steps", steps), section("Conditions", conditions),
+  section("Events", events));
 
   let described = null;
   let report = null;
@@ -161,7 +163,8 @@ export function detail(outlet, {namespace, name}) {
       ["Logs", h("code", {}, `shipyard logs trainjob ${name}${namespace !== "default" ? ` -n ${namespace}` : ""} -f`)],
     ]), JSON.stringify([own, resolved, state, position, restarts, Math.floor(Date.now() / 5000)]));
     const latest = trainer.metrics || [];
-    replace(metricsNow, latest.length ? facts(latest.map((m) => [m.name, m.value]))
+    const shown = (value) => (value !== "" && !Number.isNaN(Number(value)) ? num(Number(value), 4) : value);
+    replace(metricsNow, latest.length ? facts(latest.map((m) => [m.name, shown(m.value)]))
       : h("p", {class: "muted"}, "No metric reported yet (training code calls shipyard.train.report(metrics=...))."),
     JSON.stringify(latest));
     const stepNames = [...new Set([...(report?.steps || []), ...(status.jobsStatus || []).map((s) => s.name)])];
