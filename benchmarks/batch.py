@@ -33,7 +33,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -43,6 +42,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
+
+from report import check_doc, environment, write_doc
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -224,38 +225,6 @@ def markdown(run: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def check_doc(path: Path) -> str:
-    try:
-        document = path.read_text()
-    except OSError as error:
-        raise SystemExit(f"--doc: cannot read {path}: {error.strerror}") from None
-    if (document.count(DOC_START) != 1 or document.count(DOC_END) != 1
-            or document.index(DOC_START) > document.index(DOC_END)):
-        raise SystemExit(f"--doc: {path} needs exactly one {DOC_START} line followed by one {DOC_END} line")
-    return document
-
-
-def write_doc(path: Path, text: str) -> None:
-    head, rest = check_doc(path).split(DOC_START, 1)
-    tail = rest.split(DOC_END, 1)[1]
-    path.write_text(f"{head}{DOC_START}\n{text}{DOC_END}{tail}")
-
-
-def environment() -> dict[str, Any]:
-    commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True,
-                            cwd=REPO).stdout.strip() or "unknown"
-    dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True,
-                                cwd=REPO).stdout.strip())
-    versions = {}
-    for module in ("pyarrow", "pandas", "sklearn", "numpy"):
-        try:
-            versions[module] = __import__(module).__version__
-        except Exception:  # noqa: BLE001 - a missing module is just not listed
-            pass
-    return {"cpu_count": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "commit": commit + ("-dirty" if dirty else ""), "versions": versions}
-
-
 def summarise(label: str, seconds: list[float], rows: int, total_rows: int, baseline: float | None,
               extrapolated: bool = False) -> dict[str, Any]:
     median = statistics.median(seconds)
@@ -279,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-fail", action="store_true", help="exit 0 even when the target fails")
     args = parser.parse_args(argv)
     if args.doc:
-        check_doc(args.doc)
+        check_doc(args.doc, DOC_START, DOC_END)
     profile = PROFILES[args.profile]
     runs = args.runs or profile.runs
     started_at = dt.datetime.now(dt.timezone.utc)
@@ -337,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         shown = str(results_file)
     run_record = {
         "benchmark": "batch", "started": started_at.strftime("%Y-%m-%d %H:%M UTC"), "seconds": seconds,
-        "profile": {**profile.__dict__, "runs": runs}, "environment": environment(), "rows": rows,
+        "profile": {**profile.__dict__, "runs": runs}, "environment": environment(("pyarrow", "pandas", "sklearn", "numpy")), "rows": rows,
         "identical": identical, "other_cpu_cores": max(0.0, other) / seconds if seconds else 0.0,
         "check": {"target": f"run_batch <= {profile.target}x the pandas loop", "ratio": ratio, "passed": passed},
         "results_file": shown,
@@ -348,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.markdown:
         args.markdown.write_text(text)
     if args.doc:
-        write_doc(args.doc, text)
+        write_doc(args.doc, text, DOC_START, DOC_END)
         log(f"wrote the table into {args.doc}")
     log(f"results: {shown}")
     if not passed:

@@ -36,7 +36,6 @@ import hashlib
 import json
 import math
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -46,6 +45,8 @@ import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+from report import check_doc, environment, write_doc
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -1054,40 +1055,6 @@ def markdown(run: dict[str, Any], records: list[Record], checks: list[Check]) ->
     return "\n".join(body) + "\n"
 
 
-def check_doc(path: Path) -> str:
-    """The document, if it has exactly one pair of markers in order (checked before running anything)."""
-    try:
-        document = path.read_text()
-    except OSError as error:
-        raise SystemExit(f"--doc: cannot read {path}: {error.strerror}") from None
-    if (document.count(DOC_START) != 1 or document.count(DOC_END) != 1
-            or document.index(DOC_START) > document.index(DOC_END)):
-        raise SystemExit(f"--doc: {path} needs exactly one {DOC_START} line followed by one {DOC_END} line")
-    return document
-
-
-def write_doc(path: Path, text: str) -> None:
-    """Replace what lies between the markers in ``path`` (nothing is appended when they are missing)."""
-    head, rest = check_doc(path).split(DOC_START, 1)
-    tail = rest.split(DOC_END, 1)[1]
-    path.write_text(f"{head}{DOC_START}\n{text}{DOC_END}{tail}")
-
-
-def environment() -> dict[str, Any]:
-    commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], capture_output=True, text=True,
-                            cwd=REPO).stdout.strip() or "unknown"
-    dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True,
-                                cwd=REPO).stdout.strip())
-    versions = {}
-    for module in ("fsspec", "aiohttp", "pyarrow", "duckdb", "torch", "numpy"):
-        try:
-            versions[module] = __import__(module).__version__
-        except Exception:  # noqa: BLE001 - a missing optional module is just not listed
-            pass
-    return {"cpu_count": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "commit": commit + ("-dirty" if dirty else ""), "versions": versions}
-
-
 # ---------------------------------------------------------------------------------------------
 # main
 
@@ -1142,7 +1109,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         return run_worker(args)
     if args.doc:
-        check_doc(args.doc)
+        check_doc(args.doc, DOC_START, DOC_END)
     profile = PROFILES[args.profile]
     started_at = dt.datetime.now(dt.timezone.utc)
     started = time.perf_counter()
@@ -1200,7 +1167,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError:
         shown = results_file
     run = {"id": stamp, "started": started_at.isoformat(timespec="seconds"), "seconds": round(seconds, 1),
-           "profile": asdict(profile), "table_bytes": table_bytes, "environment": environment(),
+           "profile": asdict(profile), "table_bytes": table_bytes, "environment": environment(("fsspec", "aiohttp", "pyarrow", "duckdb", "torch", "numpy")),
            "results_file": str(shown), "scenarios": args.wanted}
     document = {**run, "records": [asdict(r) for r in records], "checks": [asdict(c) | {"verdict": c.verdict}
                                                                           for c in checks]}
@@ -1213,7 +1180,7 @@ def main(argv: list[str] | None = None) -> int:
         args.markdown.write_text(text)
         log(f"markdown written to {args.markdown}")
     if args.doc:
-        write_doc(args.doc, text)
+        write_doc(args.doc, text, DOC_START, DOC_END)
         log(f"{args.doc}: the section between {DOC_START} and {DOC_END} rewritten")
     log(f"results written to {results_file} ({seconds:.0f} s)")
     failed = [c for c in checks if c.passed is False and not c.informational]

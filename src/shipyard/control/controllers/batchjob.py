@@ -40,6 +40,7 @@ from shipyard.control.batch_validation import ATTRIBUTES, batch_spec_kwargs, mod
 from shipyard.control.controllers.dataops import operation_log
 from shipyard.control.controllers.dataset import in_thread
 from shipyard.control.controllers.loop import reconcile_loop
+from shipyard.control.controllers.waiting import set_waiting
 from shipyard.control.resources import BATCH_JOB, INFERENCE_SERVICE, Resource, canonical_json
 from shipyard.control.store import Store
 
@@ -361,13 +362,8 @@ class BatchJobController:
 
     # -- status ---------------------------------------------------------------------------------------
     def _wait(self, resource: Resource, status: dict[str, Any], reason: str, message: str) -> str:
-        before = next((c for c in status.get("conditions") or [] if c.get("type") == "Waiting"), None)
-        if before is None or before.get("reason") != reason:
+        if set_waiting(status, reason, message, _condition):
             self._event(resource, "Normal", reason, message)
-        entry = _condition("Waiting", reason, message)
-        if before is not None and before.get("reason") == reason:
-            entry["lastTransitionTime"] = before.get("lastTransitionTime", entry["lastTransitionTime"])
-        status.update(phase="Pending", conditions=[entry])
         return reason
 
     def _write(self, resource: Resource, status: dict[str, Any]) -> None:

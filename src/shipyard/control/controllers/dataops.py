@@ -45,6 +45,7 @@ from typing import Any, Callable
 
 from shipyard.control.controllers.dataset import in_thread
 from shipyard.control.controllers.loop import reconcile_loop
+from shipyard.control.controllers.waiting import set_waiting
 from shipyard.control.data_validation import (DEFAULT_POLL_S, OUTPUT, POLL_INTERVAL, dataset_refs,
                                               parse_dataset_uri, parse_duration)
 from shipyard.control.resources import DATA_OPERATIONS, DATASET, Resource, canonical_json
@@ -513,13 +514,8 @@ class DataOpsController:
 
     # -- status ---------------------------------------------------------------------------------------
     def _wait(self, resource: Resource, status: dict[str, Any], reason: str, message: str) -> str:
-        before = next((c for c in status.get("conditions") or [] if c.get("type") == "Waiting"), None)
-        if before is None or before.get("reason") != reason:
+        if set_waiting(status, reason, message, _condition):
             self._event(resource, "Normal", reason, message)
-        entry = _condition("Waiting", reason, message)
-        if before is not None and before.get("reason") == reason:
-            entry["lastTransitionTime"] = before.get("lastTransitionTime", entry["lastTransitionTime"])
-        status.update(phase="Pending", conditions=[entry])
         return reason
 
     def _fail(self, resource: Resource, status: dict[str, Any], reason: str, message: str) -> None:
