@@ -182,6 +182,11 @@ def s3(monkeypatch: pytest.MonkeyPatch):
     moto_server = pytest.importorskip("moto.server", reason="the S3 test server needs moto[server]")
     import boto3
 
+    import s3fs
+
+    # fsspec caches filesystems by their arguments, not by the AWS environment: an S3FileSystem made in
+    # an earlier test would still talk to that test's (stopped) server.
+    s3fs.S3FileSystem.clear_instance_cache()
     server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0)
     server.start()
     try:
@@ -194,3 +199,4 @@ def s3(monkeypatch: pytest.MonkeyPatch):
         yield boto3.client("s3", endpoint_url=endpoint)
     finally:
         server.stop()
+        s3fs.S3FileSystem.clear_instance_cache()

@@ -273,27 +273,25 @@ class RestProxy:
                 raise NotFound("the gateway keeps no statistics of all models; ask for one model's at "
                                "/v2/models/{name}/stats (answered by one of its replicas)")
             case ["v2", "models", name, *_]:
-                try:
-                    table = self.router.find(name, namespace, explain)
-                except NotFound:  # no service of that name: a graph's, if any
-                    graph = self.graphs.find(name, namespace) if self.graphs is not None else None
-                    if graph is None:
-                        raise
-                    return await self.graphs.rest(request, graph)  # type: ignore[union-attr]
+                return await self._by_name(request, name, namespace, explain)
             case ["v1", "models", target, *_]:
-                try:
-                    table = self.router.find(target.split(":", 1)[0], namespace, explain)
-                except NotFound:
-                    graph = self.graphs.find(target.split(":", 1)[0], namespace) if self.graphs is not None else None
-                    if graph is None:
-                        raise
-                    return await self.graphs.rest(request, graph)  # type: ignore[union-attr]
+                return await self._by_name(request, target.split(":", 1)[0], namespace, explain)
             case ["v2", "repository", *_]:
                 raise NotFound("the gateway has no model repository API; InferenceServices change with "
                                "`shipyard apply`")
             case _:
                 raise NotFound(f"no route for {request.path}; the gateway serves /v2/models/{{name}}/... and "
                                "/v1/models/{name}[:predict], or any path with Host: {isvc}.{namespace}.{domain}")
+
+    async def _by_name(self, request: Request, name: str, namespace: str | None, explain: bool) -> Response:
+        """A request for the model ``name``: its service (the entry component), else a graph of that name."""
+        try:
+            table = self.router.find(name, namespace, explain)
+        except NotFound:
+            graph = self.graphs.find(name, namespace) if self.graphs is not None else None
+            if graph is None:
+                raise
+            return await self.graphs.rest(request, graph)  # type: ignore[union-attr]
         return await self._proxy(request, table, request.headers.get(REVISION_HEADER))
 
     def _service_list(self, namespace: str | None) -> Response:
