@@ -8,10 +8,8 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -21,33 +19,11 @@ import pandas as pd
 import pytest
 import yaml
 
+from alertsink import AlertSink
 from planeproc import PlaneProcess, isvc, kill_replicas, wait_for
 from serverproc import ServerProcess
 
 pytestmark = pytest.mark.integration
-
-
-class AlertSink:
-    """A small HTTP server recording the alert CloudEvents POSTed to it."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[dict[str, str], dict[str, Any]]] = []
-        sink = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
-                sink.events.append(({k.lower(): v for k, v in self.headers.items()}, json.loads(body)))
-                self.send_response(202)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/alerts"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 @pytest.fixture
