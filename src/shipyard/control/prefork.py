@@ -60,7 +60,8 @@ PRELOAD: dict[str, tuple[str, ...]] = {
                  "sklearn.ensemble"),
 }
 #: What every replica needs: the CLI and the server.
-BASE = ("shipyard.cli.main", "shipyard.server.runner", "shipyard.server.http", "shipyard.server.grpc_service")
+BASE = ("shipyard.cli.main", "shipyard.cli.serve", "shipyard.server.runner", "shipyard.server.http",
+        "shipyard.server.grpc_service")
 
 
 def enabled(environ: dict[str, str] | None = None) -> bool:

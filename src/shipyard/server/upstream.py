@@ -8,16 +8,16 @@ wake a predictor scaled to zero and are logged as the predictor's. ``x-request-i
 ``traceparent``, ``tracestate`` and ``authorization`` pass through; the current span's trace
 context is added when tracing is on.
 
-Clients are made on first use in each process (``--workers`` forks after the sources exist).
+Clients are made on first use in each process (``--workers`` forks after the sources exist);
+httpx and grpcio are imported then, so a server without a predictor never loads them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
-import httpx
 import msgspec
 import numpy as np
 
@@ -28,6 +28,9 @@ from shipyard.protocol.grpc_codec import decode_tensors, set_parameters
 from shipyard.protocol.infer import InferRequest
 from shipyard.protocol.v2 import request_json, tensor_from_json
 from shipyard.runtimes.base import HEADERS_PARAMETER, Model
+
+if TYPE_CHECKING:
+    import httpx
 
 PROTOCOLS = ("v1", "v2", "grpc-v2")
 #: Request headers a transformer passes on to its predictor (KServe passes the first three).
@@ -202,6 +205,8 @@ class Upstream:
         return client
 
     def _new_client(self, kind: str) -> Any:
+        import httpx
+
         timeout = httpx.Timeout(self.timeout_s, connect=min(10.0, self.timeout_s))
         if kind == "http":
             return httpx.AsyncClient(base_url=self.url, timeout=timeout)
@@ -219,6 +224,8 @@ class Upstream:
         return stub
 
     async def _retrying(self, call: Any) -> Any:
+        import httpx
+
         for attempt in range(self.retries + 1):
             try:
                 return await call()
@@ -230,6 +237,8 @@ class Upstream:
 
     def _sync_retrying(self, call: Any) -> Any:
         import time
+
+        import httpx
 
         for attempt in range(self.retries + 1):
             try:

@@ -32,7 +32,7 @@ from shipyard.control.gateway.shadow import Answer, Mirror, ShadowJob
 from shipyard.monitor.cloudevents import GRPC_CONTENT_TYPE
 from shipyard.protocol.errors import InferenceError, NotFound, NotReady
 from shipyard.protocol.proto import inference_pb2 as pb
-from shipyard.server.grpc_service import STATUS_CODES, observed_handler
+from shipyard.control.gateway.grpc_observed import STATUS_CODES, observed_handler
 
 if TYPE_CHECKING:
     from shipyard.control.gateway.graphs import GraphTable

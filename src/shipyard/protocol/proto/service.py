@@ -7,11 +7,12 @@ and ours is ``shipyard.inference`` (see inference.proto for why), while every V2
 
 from __future__ import annotations
 
-from typing import Any
-
-import grpc
+from typing import TYPE_CHECKING, Any
 
 from shipyard.protocol.proto import inference_pb2 as pb
+
+if TYPE_CHECKING:  # grpcio is imported by those who serve or call through it, not by the model server
+    import grpc
 
 #: The service name on the wire (Triton's and KServe's).
 SERVICE = "inference.GRPCInferenceService"
@@ -34,6 +35,8 @@ METHODS: dict[str, tuple[Any, Any, bool]] = {
 
 def add_servicer(servicer: Any, server: grpc.Server | grpc.aio.Server) -> None:
     """Serve ``servicer``'s methods (named as the RPCs) under :data:`SERVICE`; missing ones are not served."""
+    import grpc
+
     handlers = {}
     for name, (request, response, streaming) in METHODS.items():
         behaviour = getattr(servicer, name, None)
