@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args
 
 import msgspec
-import yaml
 from msgspec import Meta
 
 CONFIG_FILE = "shipyard.yaml"
@@ -310,6 +309,8 @@ def _check_explainer(config: PackageConfig, where: str) -> None:
 
 def read_config(folder: Path) -> tuple[PackageConfig, dict[str, Any], list[str]]:
     """Parse ``folder/shipyard.yaml``: the typed config, the raw mapping, and warnings."""
+    import yaml  # only for packages that have a config: a served artifact never loads it
+
     path = folder / CONFIG_FILE
     try:
         raw = yaml.safe_load(path.read_text()) or {}

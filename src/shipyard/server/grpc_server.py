@@ -104,6 +104,8 @@ _HEADERS_OK = hpack_status(200) + hpack_literal(b"content-type", b"application/g
     + hpack_literal(b"grpc-accept-encoding", b"identity,deflate,gzip")
 _TRAILERS_OK = hpack_literal(b"grpc-status", b"0")
 _PREFIX = struct.Struct(">BI")
+#: Requests a streaming call may have waiting for its method (a client that never reads is cut off).
+MAX_QUEUED_MESSAGES = 1024
 _TIMEOUT_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
 #: Metadata gRPC itself uses; methods see the rest.
 _RESERVED = frozenset({"content-type", "te", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding",
@@ -121,9 +123,12 @@ def status_trailers(code: GrpcStatus, message: str) -> bytes:
 
 def parse_timeout(value: str) -> float:
     """``grpc-timeout`` (``100m``, ``5S``...) in seconds."""
-    if len(value) < 2 or value[-1] not in _TIMEOUT_UNITS or not value[:-1].isdigit() or len(value) > 9:
+    digits = value[:-1]
+    # isascii: str.isdigit() also accepts digits int() refuses ("²") or reads (Arabic-Indic "١")
+    if len(value) < 2 or value[-1] not in _TIMEOUT_UNITS or not (digits.isascii() and digits.isdigit()) \
+            or len(value) > 9:
         raise GrpcError(GrpcStatus.INVALID_ARGUMENT, f"bad grpc-timeout header {value!r}")
-    return int(value[:-1]) * _TIMEOUT_UNITS[value[-1]]
+    return int(digits) * _TIMEOUT_UNITS[value[-1]]
 
 
 class GrpcConnection(Http2Connection):
@@ -148,7 +153,7 @@ class GrpcConnection(Http2Connection):
         headers = stream.headers
         path = headers.get(":path", "")
         method = self.server.methods.get(path)
-        metadata = {k: v for k, v in headers.items() if k[0] != ":" and k not in _RESERVED}
+        metadata = {k: v for k, v in headers.items() if k[:1] != ":" and k not in _RESERVED}  # k may be ""
         incoming = _Incoming(path, method, Call(path.lstrip("/"), metadata))
         stream.state = incoming
         problem = self._refusal(headers, method, path)
@@ -173,7 +178,7 @@ class GrpcConnection(Http2Connection):
     def _refusal(self, headers: dict[str, str], method: Method | None, path: str) -> GrpcError | None:
         if headers.get(":method") != "POST":
             return GrpcError(GrpcStatus.UNIMPLEMENTED, f"gRPC calls are POST, not {headers.get(':method')}")
-        if not headers.get("content-type", "").startswith("application/grpc"):
+        if headers.get("content-type", "").split(";")[0].strip() not in ("application/grpc", "application/grpc+proto"):
             return GrpcError(GrpcStatus.INTERNAL, "content-type must be application/grpc (this port speaks gRPC; "
                              "use the HTTP port for REST)")
         encoding = headers.get("grpc-encoding", "identity")
@@ -196,6 +201,9 @@ class GrpcConnection(Http2Connection):
             try:
                 for message in self._take_messages(stream, incoming):
                     incoming.messages.put_nowait(message)
+                if incoming.messages.qsize() > MAX_QUEUED_MESSAGES:
+                    raise GrpcError(GrpcStatus.RESOURCE_EXHAUSTED, f"over {MAX_QUEUED_MESSAGES} requests of this "
+                                    "stream wait for the model; send the next ones as answers arrive")
             except GrpcError as exc:
                 self._answer_error(stream, exc)
 
@@ -256,6 +264,8 @@ class GrpcConnection(Http2Connection):
             raise GrpcError(GrpcStatus.INTERNAL, f"cannot decompress a {encoding} message: {exc}") from None
         if len(data) > self.server.max_message or inflater.unconsumed_tail:
             raise self._too_large(len(data))
+        if not inflater.eof:  # a truncated stream would otherwise parse as a shorter message
+            raise GrpcError(GrpcStatus.INTERNAL, f"cannot decompress a {encoding} message: it ends early")
         return data
 
     def _too_large(self, size: int) -> GrpcError:

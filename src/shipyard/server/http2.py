@@ -212,7 +212,13 @@ class Http2Connection(asyncio.Protocol):
                 end = position + 9 + length
                 if end > size:
                     break
-                self._frame(kind, flags, stream_id & 0x7FFFFFFF, bytes(buffer[position + 9:end]))
+                try:
+                    self._frame(kind, flags, stream_id & 0x7FFFFFFF, bytes(buffer[position + 9:end]))
+                except ProtocolViolation:
+                    raise
+                except Exception as exc:  # a bug of ours: end this connection cleanly, keep serving others
+                    log.exception("HTTP/2 frame handling failed")
+                    raise ProtocolViolation(ErrorCode.INTERNAL_ERROR, f"internal error: {type(exc).__name__}") from None
                 position = end
                 if self.transport is None:
                     return
@@ -381,12 +387,20 @@ class Http2Connection(asyncio.Protocol):
             raise ProtocolViolation(ErrorCode.FRAME_SIZE_ERROR, "a WINDOW_UPDATE carries 4 bytes")
         increment = struct.unpack(">I", payload)[0] & 0x7FFFFFFF
         if stream_id == 0:
+            if increment == 0:
+                raise ProtocolViolation(ErrorCode.PROTOCOL_ERROR, "WINDOW_UPDATE of 0 on the connection")
             self.send_window += increment
+            if self.send_window > MAX_WINDOW:
+                raise ProtocolViolation(ErrorCode.FLOW_CONTROL_ERROR, "connection window over 2^31-1")
         else:
             stream = self.streams.get(stream_id)
             if stream is None:
                 return
             stream.send_window += increment
+            if increment == 0 or stream.send_window > MAX_WINDOW:
+                self.reset(stream, ErrorCode.PROTOCOL_ERROR if increment == 0 else ErrorCode.FLOW_CONTROL_ERROR)
+                self.stream_reset(stream)
+                return
         self._send_blocked()
 
     # -- frames out ------------------------------------------------------------------------
