@@ -1,11 +1,12 @@
 """Adaptive batching: concurrent requests to one model merged into one predict.
 
-Work-conserving, as Triton's default: when the model has a free slot, whatever is queued runs at
-the end of the current event-loop tick (a lone request never waits for company); while every slot
-is busy, requests queue and the next batch takes as many as fit ``max_batch_size`` rows. Only
-requests with the same input names, datatypes, trailing shapes, outputs and parameters merge. One
-bad request fails alone: inputs are checked before queueing, and a merged batch whose predict
-fails is retried request by request.
+Work-conserving, as Triton's default: when the model has a free slot, whatever is queued runs one
+event-loop iteration later, so the requests read in the same round of I/O merge (a lone request
+never waits for company, only for that iteration: a few microseconds); while every slot is busy,
+requests queue and the next batch takes as many as fit ``max_batch_size`` rows. Only requests with
+the same input names, datatypes, trailing shapes, outputs and parameters merge. One bad request
+fails alone: inputs are checked before queueing, and a merged batch whose predict fails is retried
+request by request.
 """
 
 from __future__ import annotations
@@ -105,7 +106,13 @@ class Batcher:
             if remaining > 0:
                 self._flush_handle = loop.call_later(remaining, self._flush)
                 return
-        self._flush_handle = loop.call_soon(self._flush)
+        self._flush_handle = loop.call_soon(self._flush_next_tick)
+
+    def _flush_next_tick(self) -> None:
+        """Flush one loop iteration later: a request is decoded in the iteration after its bytes are
+        read, so this lets the requests read together with the first one join its batch (no timer:
+        a lone request waits one iteration, a few microseconds)."""
+        self._flush_handle = asyncio.get_running_loop().call_soon(self._flush)
 
     def _queued_rows(self) -> int:
         return sum(item.rows for item in self.queue)
@@ -188,9 +195,13 @@ def _split(outputs: Tensors, rows: list[int], total: int) -> list[Tensors] | Non
     """Each request's rows of every output; None when an output has no batch dimension."""
     if any(array.ndim == 0 or array.shape[0] != total for array in outputs.values()):
         return None
-    bounds = np.cumsum(rows)[:-1]
-    pieces = {name: np.split(array, bounds) for name, array in outputs.items()}
-    return [{name: pieces[name][index] for name in outputs} for index in range(len(rows))]
+    parts: list[Tensors] = []
+    start = 0
+    for count in rows:  # views, as np.split gives, without its overhead of about 1 µs per piece
+        stop = start + count
+        parts.append({name: array[start:stop] for name, array in outputs.items()})
+        start = stop
+    return parts
 
 
 def _settle(item: _Pending, outputs: Tensors | None = None, exc: BaseException | None = None) -> None:

@@ -54,23 +54,34 @@ def _status_line(status: int) -> bytes:
 _STATUS_LINES = {status.value: _status_line(status.value) for status in HTTPStatus}
 
 
+_STARTS: dict[tuple[int, str], bytes] = {}
+
+
+def _start(status: int, content_type: str) -> bytes:
+    """Status line, content type and the ``content-length:`` name, made once per pair."""
+    start = _STARTS.get((status, content_type))
+    if start is None:
+        start = b"".join([_STATUS_LINES.get(status) or _status_line(status), b"content-type: ",
+                          content_type.encode(), b"\r\ncontent-length: "])
+        if len(_STARTS) < 256:
+            _STARTS[(status, content_type)] = start
+    return start
+
+
 def render(response: Response, keep_alive: bool, head: bool = False) -> bytes:
     """Serialise a response: status line, headers, body."""
-    parts = [
-        _STATUS_LINES.get(response.status) or _status_line(response.status),
-        b"content-type: ",
-        response.content_type.encode(),
-        b"\r\ncontent-length: ",
-        str(len(response.body)).encode(),
-        b"\r\n",
-    ]
+    start = _start(response.status, response.content_type)
+    body = response.body
+    if keep_alive and not response.headers and not head:
+        return b"%s%d\r\n\r\n%s" % (start, len(body), body)
+    parts = [start, str(len(body)).encode(), b"\r\n"]
     for name, value in response.headers:
         parts.append(f"{name}: {value}\r\n".encode("latin-1"))
     if not keep_alive:
         parts.append(b"connection: close\r\n")
     parts.append(b"\r\n")
     if not head:
-        parts.append(response.body)
+        parts.append(body)
     return b"".join(parts)
 
 

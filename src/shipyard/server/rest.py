@@ -29,6 +29,8 @@ from shipyard.server.upstream import with_passed_headers
 log = logging.getLogger("shipyard.server")
 
 JSON = "application/json"
+#: Paths whose routes are remembered (the cache starts over when full).
+ROUTE_CACHE_SIZE = 1024
 
 
 @dataclass
@@ -82,6 +84,7 @@ class RestApp:
     def __init__(self, dataplane: DataPlane, max_body: int = 64 * 1024 * 1024) -> None:
         self.dataplane = dataplane
         self.max_body = max_body
+        self._routes: dict[str, tuple[dict[str, Handler], tuple[Any, ...]]] = {}
 
     async def __call__(self, request: Request) -> Response:
         if tracing.ACTIVE or logformat.ACTIVE:
@@ -137,7 +140,17 @@ class RestApp:
             return error_response(500, f"internal server error: {type(exc).__name__}: {exc}")
 
     def route(self, path: str) -> tuple[dict[str, Handler], tuple[Any, ...]]:
-        """Map a path to its handlers by method, and the arguments taken from the path."""
+        """Map a path to its handlers by method, and the arguments taken from the path (remembered:
+        clients repeat the same few paths)."""
+        found = self._routes.get(path)
+        if found is None:
+            found = self._match(path)
+            if len(self._routes) >= ROUTE_CACHE_SIZE:
+                self._routes.clear()
+            self._routes[path] = found
+        return found
+
+    def _match(self, path: str) -> tuple[dict[str, Handler], tuple[Any, ...]]:
         segments = path.strip("/").split("/")
         if "%" in path:
             segments = [unquote(part) for part in segments]
