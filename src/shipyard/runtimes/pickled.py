@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.abc
+import importlib.util
 import pickle
 import sys
+import types
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -35,11 +38,41 @@ class _NoPandasForSklearnFixes(importlib.abc.MetaPathFinder):
         return None
 
 
+#: numpy submodules that scipy's array-API layer (``clone_module("numpy")``) imports by touching every
+#: attribute of numpy, and that a served model does not use: ~8 MB with unittest, argparse and f2py's
+#: dependencies. Until something reads one of their attributes they are stand-ins (:class:`_Deferred`).
+DEFERRED_NUMPY_MODULES = ("numpy.testing", "numpy.f2py")
+
+
+class _Deferred(types.ModuleType):
+    """A module registered under its name whose body runs on first attribute access: the real
+    module is imported then (replacing this one in ``sys.modules``) and its attributes copied here,
+    so references taken earlier work too. (importlib's LazyLoader recurses on these packages in 3.11.)"""
+
+    def __getattr__(self, attribute: str) -> Any:
+        name = self.__name__
+        if sys.modules.get(name) is self:
+            del sys.modules[name]
+        module = importlib.import_module(name)
+        self.__dict__.update(module.__dict__)
+        return getattr(module, attribute)
+
+
+def defer_unused_numpy_modules() -> None:
+    """Register :data:`DEFERRED_NUMPY_MODULES` that are not imported yet as :class:`_Deferred` modules."""
+    for name in DEFERRED_NUMPY_MODULES:
+        if name not in sys.modules and importlib.util.find_spec(name) is not None:
+            parent, _, child = name.rpartition(".")
+            sys.modules[name] = deferred = _Deferred(name)
+            setattr(sys.modules[parent], child, deferred)  # as the import system does for a submodule
+
+
 @contextmanager
 def _lean_sklearn_import() -> Iterator[None]:
     if "sklearn.utils.fixes" in sys.modules or "pandas" in sys.modules:  # nothing left to save
         yield
         return
+    defer_unused_numpy_modules()
     finder = _NoPandasForSklearnFixes()
     sys.meta_path.insert(0, finder)
     try:
