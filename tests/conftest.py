@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import textwrap
 from pathlib import Path
 from typing import Iterator
@@ -9,6 +10,13 @@ from typing import Iterator
 import pytest
 
 from serverproc import ServerProcess
+
+# A suite started in the background by a shell without job control inherits SIGINT ignored, and so
+# would every process it starts (an ignored signal stays ignored across exec): the tests that stop
+# `shipyard logs -f` with Ctrl+C (SIGINT) would then wait forever. Children of a process with a
+# handler start with the default disposition, as they would from a terminal.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 CUSTOM_MODELS = {
     "echo": '''
