@@ -68,3 +68,37 @@ def test_a_dead_worker_is_replaced_and_sigterm_stops_all(start_server, artifacts
     assert server.stop(signal.SIGTERM) == 0
     assert all(not Path(f"/proc/{pid}").exists() for pid in now)
     assert "Stopped." in server.output
+
+
+def test_grpc_calls_spread_over_the_workers_and_count_globally(start_server, artifacts):
+    """Both workers listen on the gRPC port (SO_REUSEPORT); calls on many connections all succeed,
+    and the statistics any worker reports count them all."""
+    import grpc
+
+    from shipyard.protocol.grpc_codec import decode_tensors
+    from shipyard.protocol.proto import inference_pb2 as pb
+    from shipyard.protocol.proto.service import Stub
+
+    server = start_server(artifacts["sk_logreg"], "--name", "iris", "--workers", "2")
+    assert server.grpc_address
+    request = pb.ModelInferRequest(model_name="iris", inputs=[pb.ModelInferRequest.InferInputTensor(
+        name="input-0", datatype="FP32", shape=[1, 4], contents=pb.InferTensorContents(fp32_contents=ROW))])
+
+    async def calls() -> list[int]:
+        async def one_connection() -> list[int]:
+            async with grpc.aio.insecure_channel(server.grpc_address) as channel:
+                stub = Stub(channel)
+                answers = await asyncio.gather(*(stub.ModelInfer(request) for _ in range(5)))
+                return [int(decode_tensors(answer.outputs, answer.raw_output_contents,
+                                           "raw_output_contents")["predict"][0]) for answer in answers]
+
+        return [label for labels in await asyncio.gather(*(one_connection() for _ in range(16))) for label in labels]
+
+    labels = asyncio.run(calls())
+    assert labels == [0] * 80  # setosa, from whichever worker answered
+    counts = {httpx.get(f"{server.url}/v2/models/iris/stats", headers={"x-shipyard-local": "1"}).json()
+              ["model_stats"][0]["inference_count"] for _ in range(30)}
+    total = httpx.get(f"{server.url}/v2/models/iris/stats").json()["model_stats"][0]["inference_count"]
+    assert total == 80
+    if len(counts) == 2:  # both workers answered gRPC calls
+        assert sum(counts) == 80
