@@ -17,8 +17,6 @@ import asyncio
 import logging
 import struct
 from enum import IntEnum
-from typing import Callable
-
 from hpack import Decoder
 from hpack.exceptions import HPACKError
 
@@ -127,14 +125,12 @@ def _only_indexed(block: bytes) -> bool:
 class Stream:
     """One HTTP/2 stream: what the client sent so far and what waits for send window."""
 
-    __slots__ = ("id", "headers", "chunks", "received", "ended", "closed", "send_window", "pending",
-                 "pending_end", "recv_unacked", "task", "state")
+    __slots__ = ("id", "headers", "ended", "closed", "send_window", "pending", "pending_end", "recv_unacked",
+                 "task", "state")
 
     def __init__(self, stream_id: int, send_window: int) -> None:
         self.id = stream_id
         self.headers: dict[str, str] = {}
-        self.chunks: list[bytes] = []
-        self.received = 0
         self.ended = False  # the client closed its side
         self.closed = False  # we sent END_STREAM or RST_STREAM
         self.send_window = send_window
@@ -169,7 +165,6 @@ class Http2Connection(asyncio.Protocol):
         self.going_away = False
         self._out: list[bytes] = []
         self._flush_scheduled = False
-        self.on_idle: Callable[[Http2Connection], None] | None = None
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
