@@ -74,6 +74,7 @@ def log(message: str) -> None:
 class Config:
     seconds: float
     warmup: float
+    repeats: int  # measured runs of each cell at the highest concurrency (the median is reported)
     connections: list[int]
     servers: list[str]
     models: list[str]
@@ -112,6 +113,7 @@ def load_config() -> Config:
     return Config(
         seconds=seconds,
         warmup=warmup,
+        repeats=max(1, int(os.environ.get("BENCH_REPEATS", run.get("repeats", 3)))),
         connections=[int(c) for c in listing("BENCH_CONNECTIONS", run.get("connections", [1, 16, 64]))],
         servers=listing("BENCH_SERVERS", run.get("servers", list(SERVER_LABELS))),
         models=listing("BENCH_MODELS", run.get("models", list(MODEL_LABELS))),
@@ -706,6 +708,38 @@ def environment(config: Config) -> dict:
 # the run
 
 
+def measure_cell(server: Server, kind: str, protocol: str, connections: int, config: Config) -> dict:
+    """One measured run of a cell: the load generator's numbers plus the CPU used, during the run, by
+    the server's process tree, the load generator (grpc_load.py reports its own, without its
+    start-up) and everything else on the machine."""
+    stats_before = shipyard_stats(server) if kind == "shipyard" else None
+    machine0, server0, client0 = machine_busy_seconds(), tree_cpu_seconds(server.pid), children_cpu_seconds()
+    wall0 = time.monotonic()
+    if protocol == "grpc":
+        run = grpc_load(server, connections, config.seconds, 0, config)
+        if "error" in run:
+            raise RuntimeError(run["error"])
+    else:
+        run = wrk(server, protocol, connections, config.seconds, config)
+    wall = time.monotonic() - wall0
+    server_cpu = tree_cpu_seconds(server.pid) - server0
+    client_cpu = children_cpu_seconds() - client0
+    other_cpu = machine_busy_seconds() - machine0 - server_cpu - client_cpu
+    duration = run["duration_s"] or wall
+    client_cpu_run = run.pop("client_cpu_s", client_cpu)
+    record = dict(run)
+    record["server_cpu_s"] = round(server_cpu, 3)
+    record["server_cores_busy"] = round(server_cpu / duration, 3)
+    record["server_cpu_us_per_request"] = round(server_cpu / run["requests"] * 1e6, 1) if run["requests"] else None
+    record["client_cpu_s"] = round(client_cpu_run, 3)
+    record["client_cores_busy"] = round(client_cpu_run / duration, 3)
+    record["other_cpu_s"] = round(max(0.0, other_cpu), 3)
+    record["other_cores_busy"] = round(max(0.0, other_cpu) / wall, 3)
+    if kind == "shipyard":
+        record["shipyard_stats"] = stats_overhead(stats_before, shipyard_stats(server))
+    return record
+
+
 def bench_server(kind: str, model: BenchModel, config: Config, results: dict) -> None:
     server = make_server(kind, model, config)
     entry = {"server": kind, "model": model.name, "command": server.command, "env": server.env,
@@ -749,7 +783,6 @@ def bench_server(kind: str, model: BenchModel, config: Config, results: dict) ->
                                            "reason": f"verification failed: {check.get('error') or check}"})
                 continue
             for connections in config.connections:
-                stats_before = None
                 try:
                     if config.warmup > 0:  # unmeasured, same load
                         if protocol == "grpc":
@@ -758,19 +791,8 @@ def bench_server(kind: str, model: BenchModel, config: Config, results: dict) ->
                                 raise RuntimeError(warm["error"])
                         else:
                             wrk(server, protocol, connections, config.warmup, config)
-                    stats_before = shipyard_stats(server) if kind == "shipyard" else None
-                    machine0, server0, client0 = machine_busy_seconds(), tree_cpu_seconds(server.pid), children_cpu_seconds()
-                    wall0 = time.monotonic()
-                    if protocol == "grpc":
-                        run = grpc_load(server, connections, config.seconds, 0, config)
-                        if "error" in run:
-                            raise RuntimeError(run["error"])
-                    else:
-                        run = wrk(server, protocol, connections, config.seconds, config)
-                    wall = time.monotonic() - wall0
-                    server_cpu = tree_cpu_seconds(server.pid) - server0
-                    client_cpu = children_cpu_seconds() - client0
-                    other_cpu = machine_busy_seconds() - machine0 - server_cpu - client_cpu
+                    repeats = config.repeats if connections == max(config.connections) else 1
+                    measured = [measure_cell(server, kind, protocol, connections, config) for _ in range(repeats)]
                 except (RuntimeError, subprocess.TimeoutExpired) as exc:
                     log(f"{kind} / {model.name} / {protocol} c={connections}: FAILED: {exc}")
                     results["runs"].append({"server": kind, "model": model.name, "protocol": protocol,
@@ -779,21 +801,12 @@ def bench_server(kind: str, model: BenchModel, config: Config, results: dict) ->
                         entry["crashed"] = server.log_tail()
                         return
                     continue
+                # the median run by req/s stands for the cell; every run's req/s is kept
+                record = sorted(measured, key=lambda item: item["rps"])[len(measured) // 2]
                 record = {"server": kind, "model": model.name, "protocol": protocol, "connections": connections,
-                          **run}
-                # CPU over the measured run: the server's process tree, the load generator (grpc_load.py
-                # reports its own, without its start-up), and everything else on the machine.
-                duration = run["duration_s"] or wall
-                client_cpu_run = run.pop("client_cpu_s", client_cpu)
-                record["server_cpu_s"] = round(server_cpu, 3)
-                record["server_cores_busy"] = round(server_cpu / duration, 3)
-                record["server_cpu_us_per_request"] = round(server_cpu / run["requests"] * 1e6, 1) if run["requests"] else None
-                record["client_cpu_s"] = round(client_cpu_run, 3)
-                record["client_cores_busy"] = round(client_cpu_run / duration, 3)
-                record["other_cpu_s"] = round(max(0.0, other_cpu), 3)
-                record["other_cores_busy"] = round(max(0.0, other_cpu) / wall, 3)
-                if kind == "shipyard":
-                    record["shipyard_stats"] = stats_overhead(stats_before, shipyard_stats(server))
+                          **record}
+                if len(measured) > 1:
+                    record["samples_rps"] = [item["rps"] for item in measured]
                 results["runs"].append(record)
                 lat = record["latency_ms"]
                 log(f"{kind} / {model.name} / {protocol} c={connections}: {record['rps']:.0f} req/s, "
@@ -929,7 +942,9 @@ def render_markdown(results: dict) -> str:
         "",
         f"Machine: {env['cpu_model']}, {env['cpu_count']} cores, {env['memory_gb']} GiB, Linux {env['kernel']}. "
         f"Servers pinned to CPU {env['server_cpus'] or 'any'}, load generator to CPU {env['client_cpus'] or 'any'}. "
-        f"{cfg['seconds']:g} s measured after {cfg['warmup']:g} s warm-up per cell; one row per request.",
+        f"{cfg['seconds']:g} s measured after {cfg['warmup']:g} s warm-up per cell; one row per request."
+        + (f" Cells at {max(cfg['connections'])} connections are the median of {cfg['repeats']} runs (by req/s; "
+           "every run's req/s is in the raw data)." if cfg.get("repeats", 1) > 1 else ""),
         "",
         f"Versions: Shipyard {ship_v.get('shipyard', '?')} (commit {env['shipyard_commit'][:10]}"
         f"{', uncommitted changes in src/' if env['shipyard_worktree_dirty'] else ''}), "
@@ -1095,7 +1110,8 @@ def main() -> int:
     results: dict[str, Any] = {
         "id": run_id,
         "started": started.isoformat(timespec="seconds"),
-        "config": {"seconds": config.seconds, "warmup": config.warmup, "connections": config.connections,
+        "config": {"seconds": config.seconds, "warmup": config.warmup, "repeats": config.repeats,
+                   "connections": config.connections,
                    "servers": config.servers, "models": config.models, "protocols": config.protocols,
                    "server_cpus": config.server_cpus, "client_cpus": config.client_cpus,
                    "server": config.server, "source": config.source,
