@@ -54,7 +54,6 @@ def build_app(only: str | None = None) -> typer.Typer:
     def _group() -> None:  # keeps a one-command app a group: `shipyard serve ...` still names its command
         pass
 
-    _group.__doc__ = HELP
     for name, (module, attribute) in COMMANDS.items():
         if only is not None and name != only:
             continue

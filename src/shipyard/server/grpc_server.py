@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import struct
 import time
 import zlib
@@ -230,8 +229,8 @@ class GrpcConnection(Http2Connection):
             self._run_unary(stream, incoming, incoming.method, messages[0]))
 
     def stream_reset(self, stream: Stream) -> None:
-        incoming = stream.state
-        if isinstance(incoming, _Incoming) and incoming.timer is not None:
+        incoming: _Incoming = stream.state  # type: ignore[assignment]
+        if incoming.timer is not None:
             incoming.timer.cancel()
         if stream.task is not None and not stream.task.done():
             stream.task.cancel()
@@ -347,19 +346,15 @@ class GrpcConnection(Http2Connection):
         self.send_headers(stream, trailers, end_stream=True)
 
     def _answer_error(self, stream: Stream, error: GrpcError) -> None:
-        """A trailers-only answer (or trailers after what a streaming call already sent)."""
-        incoming = stream.state
-        headers = _HEADERS_OK
-        if isinstance(incoming, _Incoming):
-            if incoming.answered:
-                return
-            incoming.answered = True
-            headers = b"" if incoming.headers_sent else _HEADERS_OK
-            if incoming.timer is not None:
-                incoming.timer.cancel()
-            if stream.task is not None and not stream.task.done() and stream.task is not asyncio.current_task():
-                stream.task.cancel()
-        self.send_headers(stream, headers + status_trailers(error.code, error.message), end_stream=True)
+        """A trailers-only answer (or trailers after what a streaming call already sent); the call's
+        task, if still running, is cancelled."""
+        incoming: _Incoming = stream.state  # type: ignore[assignment]
+        if incoming.answered:
+            return
+        if stream.task is not None and not stream.task.done() and stream.task is not asyncio.current_task():
+            stream.task.cancel()
+        headers = b"" if incoming.headers_sent else _HEADERS_OK
+        self._finish_call(stream, incoming, headers + status_trailers(error.code, error.message))
 
     def _deadline_passed(self, stream: Stream) -> None:
         incoming: _Incoming = stream.state  # type: ignore[assignment]
@@ -409,19 +404,8 @@ class GrpcServer:
 
     async def start(self, reuse_port: bool = False) -> int:
         """Listen; return the bound port. Worker processes share one port with ``reuse_port``."""
-        loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if reuse_port:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            sock.bind((self.host, self.port))
-        except OSError:
-            sock.close()
-            raise
-        self._server = await loop.create_server(lambda: GrpcConnection(self), sock=sock, backlog=2048)
+        self._server = await asyncio.get_running_loop().create_server(
+            lambda: GrpcConnection(self), self.host, self.port, reuse_address=True, reuse_port=reuse_port, backlog=2048)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 

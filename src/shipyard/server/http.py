@@ -14,6 +14,7 @@ import socket
 import time
 from collections import deque
 from dataclasses import dataclass
+from functools import lru_cache
 from http import HTTPStatus
 from typing import AsyncIterator, Awaitable, Callable
 
@@ -54,18 +55,11 @@ def _status_line(status: int) -> bytes:
 _STATUS_LINES = {status.value: _status_line(status.value) for status in HTTPStatus}
 
 
-_STARTS: dict[tuple[int, str], bytes] = {}
-
-
+@lru_cache(maxsize=256)
 def _start(status: int, content_type: str) -> bytes:
     """Status line, content type and the ``content-length:`` name, made once per pair."""
-    start = _STARTS.get((status, content_type))
-    if start is None:
-        start = b"".join([_STATUS_LINES.get(status) or _status_line(status), b"content-type: ",
-                          content_type.encode(), b"\r\ncontent-length: "])
-        if len(_STARTS) < 256:
-            _STARTS[(status, content_type)] = start
-    return start
+    return b"".join([_STATUS_LINES.get(status) or _status_line(status), b"content-type: ",
+                     content_type.encode(), b"\r\ncontent-length: "])
 
 
 def render(response: Response, keep_alive: bool, head: bool = False) -> bytes:
