@@ -4,8 +4,8 @@ import * as api from "./api.js";
 import {LineChart, sparkline} from "./charts.js";
 import {pageShell, Poller} from "./common.js";
 import {
-  ageOf, badge, conditionsTable, emptyState, eventsTable, facts, h, keyOf, nameCell, num, percent, replace, section,
-  table,
+  ageOf, badge, conditionsTable, eachRow, emptyState, eventsTable, facts, h, keyOf, nameCell, num, percent, replace,
+  section, table,
 } from "./dom.js";
 
 const OPERATION_KINDS = [["dataloads", "DataLoad"], ["datamigrates", "DataMigrate"], ["dataprocesses", "DataProcess"],
@@ -108,14 +108,12 @@ export function list(outlet) {
   /** The hit ratio and its sparkline, updated in place every tick (the table is rebuilt only on changes). */
   function updateLive() {
     if (!datasets) return;
-    const byKey = Object.fromEntries(datasets.map((item) => [keyOf(item), item]));
-    for (const row of body.querySelectorAll("[data-testid=dataset-row]")) {
-      const key = `${row.dataset.namespace}/${row.dataset.name}`;
+    eachRow(body, "dataset-row", datasets, (row, key, dataset) => {
       const hit = row.querySelector("[data-live=hit]");
       const spark = row.querySelector("[data-live=spark]");
-      if (hit && byKey[key]) hit.textContent = hitRatioText(byKey[key], live[key]);
+      if (hit && dataset) hit.textContent = hitRatioText(dataset, live[key]);
       if (spark) spark.replaceChildren(sparkline(history.get(key) || [], "hit_ratio", {max: 1, label: "hit ratio"}));
-    }
+    });
   }
 
   const poller = new Poller(async (signal) => {

@@ -147,6 +147,16 @@ export function keyOf(resource) {
   return `${resource.metadata.namespace}/${resource.metadata.name}`;
 }
 
+/** Calls update(row, key, resource) for each table row marked data-testid=testid (rows carry
+ *  data-namespace and data-name), with its resource from items (undefined when it is gone). */
+export function eachRow(container, testid, items, update) {
+  const byKey = Object.fromEntries(items.map((item) => [keyOf(item), item]));
+  for (const row of container.querySelectorAll(`[data-testid=${testid}]`)) {
+    const key = `${row.dataset.namespace}/${row.dataset.name}`;
+    update(row, key, byKey[key]);
+  }
+}
+
 export function link(href, text, attrs = {}) {
   return h("a", {href, "data-key": href, ...attrs}, text);
 }

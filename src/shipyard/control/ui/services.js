@@ -3,8 +3,8 @@ import * as api from "./api.js";
 import {LineChart} from "./charts.js";
 import {confirmDialog} from "./dialog.js";
 import {
-  ageOf, badge, conditionsTable, emptyState, eventsTable, facts, h, keyOf, nameCell, notice, num, percent, readyOf,
-  replace, section, since, table,
+  ageOf, badge, conditionsTable, eachRow, emptyState, eventsTable, facts, h, keyOf, nameCell, notice, num, percent,
+  readyOf, replace, section, since, table,
 } from "./dom.js";
 import {LogView, pageShell, Poller} from "./common.js";
 
@@ -73,15 +73,13 @@ export function list(outlet) {
 
   function updateLive() {
     if (!items) return;
-    const byKey = Object.fromEntries(items.map((item) => [keyOf(item), item]));
-    for (const row of body.querySelectorAll("[data-testid=service-row]")) {
-      const key = `${row.dataset.namespace}/${row.dataset.name}`;
+    eachRow(body, "service-row", items, (row, key, service) => {
       const numbers = live[key];
       const replicas = row.querySelector("[data-live=replicas]");
       const rps = row.querySelector("[data-live=rps]");
-      if (replicas && byKey[key]) replicas.textContent = replicasText(byKey[key], numbers);
+      if (replicas && service) replicas.textContent = replicasText(service, numbers);
       if (rps) rps.textContent = numbers ? num(numbers.rps) : "—";
-    }
+    });
   }
 
   const poller = new Poller(async (signal) => {
